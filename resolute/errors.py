@@ -1,0 +1,43 @@
+"""Typed errors. Every user-facing error says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class ResoluteError(Exception):
+    """Base class of every error resolute raises on purpose."""
+
+
+class ConfigError(ResoluteError):
+    """The experiment configuration is invalid. ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"invalid experiment config{where} ({len(self.problems)} problem(s)):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class SearcherError(ResoluteError):
+    """A searcher was driven against its protocol (an unknown trial, a result after Shutdown)."""
+
+
+class IllegalTransition(ResoluteError):
+    """A trial or experiment was asked to move between lifecycle states that do not connect."""
+
+
+class EntrypointError(ResoluteError):
+    """The experiment's ``entrypoint`` cannot be imported or is not callable."""
+
+
+class StorageError(ResoluteError):
+    """Checkpoint or artifact storage failed (missing path, permissions, bad URI)."""
+
+
+class NotFound(ResoluteError):
+    """An experiment, trial or checkpoint that was asked for does not exist."""
+
+
+class SchedulerError(ResoluteError):
+    """The control plane refused a request (an experiment that can never fit, a bad state)."""
