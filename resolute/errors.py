@@ -41,3 +41,8 @@ class NotFound(ResoluteError):
 
 class SchedulerError(ResoluteError):
     """The control plane refused a request (an experiment that can never fit, a bad state)."""
+
+
+class HorovodError(ResoluteError):
+    """The Horovod backend cannot run: Horovod missing or built without a needed feature, or
+    its rendezvous failed."""
