@@ -46,3 +46,8 @@ class SchedulerError(ResoluteError):
 class HorovodError(ResoluteError):
     """The Horovod backend cannot run: Horovod missing or built without a needed feature, or
     its rendezvous failed."""
+
+
+class JournalError(ResoluteError):
+    """The control-plane journal cannot be opened or written (bad URL, a schema from another
+    resolute version, a locked or read-only database)."""
