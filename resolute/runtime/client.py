@@ -1,0 +1,134 @@
+"""Driver-side helpers: connect to (or start) Ray and the Scheduler, submit, follow.
+
+The CLI uses these; so can a notebook::
+
+    from resolute.runtime.client import connect, submit_and_follow
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from resolute.config import ExperimentConfig
+
+TERMINAL_STATUSES = ("COMPLETED", "STOPPED", "ERRORED")
+
+
+@dataclass
+class Connection:
+    scheduler: Any  # actor handle
+    embedded: bool
+    address: str | None
+
+
+def connect(address: str | None = None, *, journal_url: str | None = None) -> Connection:
+    """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray.
+
+    Finds the named Scheduler actor, starting one if there is none."""
+    import ray
+
+    from resolute.runtime.scheduler import (
+        NAMESPACE,
+        SCHEDULER_NAME,
+        Scheduler,
+        default_journal_url,
+    )
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    embedded = address is None
+    if not ray.is_initialized():
+        if embedded:
+            ray.init(
+                include_dashboard=False,
+                namespace=NAMESPACE,
+                logging_level="WARNING",
+                log_to_driver=os.environ.get("RESOLUTE_WORKER_LOGS", "0") == "1",
+            )
+        else:
+            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+    try:
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        options: dict[str, Any] = {"name": SCHEDULER_NAME, "namespace": NAMESPACE}
+        if not embedded:
+            options.update(lifetime="detached", get_if_exists=True)
+        scheduler = Scheduler.options(**options).remote(journal_url or default_journal_url())
+    return Connection(scheduler=scheduler, embedded=embedded, address=address)
+
+
+def format_progress(summary: dict[str, Any]) -> str:
+    counts = summary.get("counts", {})
+    order = ["QUEUED", "PENDING", "RUNNING", "PAUSED", "COMPLETED", "STOPPED", "ERRORED"]
+    parts = [f"{k.lower()} {counts[k]}" for k in order if counts.get(k)]
+    best = summary.get("best_metric")
+    best_txt = (
+        f"best {summary['metric']} {best:.4g} (trial {summary['best_trial']})"
+        if best is not None
+        else "best -"
+    )
+    return (
+        f"[{summary['elapsed']:7.1f}s] {100 * summary['progress']:5.1f}% "
+        f"| {', '.join(parts) or 'starting'} | {best_txt}"
+    )
+
+
+def follow(
+    conn: Connection,
+    experiment_id: int,
+    *,
+    out: TextIO = sys.stdout,
+    poll_s: float = 1.0,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Show live progress until the experiment ends; returns its final summary."""
+    import ray
+
+    tty = out.isatty()
+    last_line, last_print = "", 0.0
+    while True:
+        summary = ray.get(conn.scheduler.wait.remote(experiment_id, poll_s))
+        if on_update:
+            on_update(summary)
+        line = format_progress(summary)
+        now = time.monotonic()
+        if tty:
+            out.write("\r\033[K" + line)
+            out.flush()
+        elif line != last_line and (now - last_print > 5.0 or summary["done"]):
+            out.write(line + "\n")
+            out.flush()
+            last_print = now
+        last_line = line
+        if summary["done"]:
+            if tty:
+                out.write("\n")
+            return summary
+
+
+def submit(conn: Connection, config: ExperimentConfig) -> int:
+    import ray
+
+    return int(ray.get(conn.scheduler.submit.remote(config)))
+
+
+def kill(conn: Connection, experiment_id: int) -> dict[str, Any]:
+    import ray
+
+    return dict(ray.get(conn.scheduler.kill.remote(experiment_id)))
+
+
+def close(conn: Connection) -> None:
+    """End an embedded session: stop the scheduler's workers and Ray itself."""
+    import ray
+
+    if conn.embedded and ray.is_initialized():
+        try:
+            ray.get(conn.scheduler.shutdown.remote(), timeout=30)
+        except Exception:  # noqa: S110 - shutting down anyway
+            pass
+        ray.shutdown()
