@@ -1,0 +1,550 @@
+"""``TrialContext``: the one object a user's ``train(ctx)`` gets.
+
+Training code is a plain function that also runs outside resolute::
+
+    def train(ctx):
+        model = ctx.prepare_model(Net())
+        for step in range(1, 101):
+            ...
+            ctx.report(step, {"loss": loss})
+            if ctx.should_stop():
+                ctx.save_checkpoint({"model": model.state_dict(), "step": step})
+                return
+
+    if __name__ == "__main__":
+        train(TrialContext.local(hparams={"lr": 0.1}))
+
+The context is built from small sub-contexts (distributed, reporting, checkpoints), each
+with a local stand-in, so the same function runs under ``python train.py`` and as a rank of
+a worker group.
+
+Seeds: before ``train`` is called, ``torch`` is seeded with ``ctx.seed`` on every rank (so a
+model built from random init is identical everywhere), while Python's ``random`` and
+``numpy`` are seeded with ``ctx.seed + ctx.rank`` (so per-rank randomness such as data
+augmentation differs between ranks). ``prepare_loader`` shuffles with ``ctx.seed`` so that
+all ranks agree on the order and split it without overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from resolute.elastic.backends.base import Backend, WorldInfo
+from resolute.elastic.spec import Report
+
+if TYPE_CHECKING:
+    import torch
+
+    from resolute.elastic.state import ElasticState
+
+STATE_FILE = "resolute-state.pt"  # a dict checkpoint: this one file in the checkpoint directory
+
+
+class WorkerCache:
+    """A per-worker-process store that survives across trials on a reused warm worker.
+
+    The documented place for datasets: ``data = ctx.cache.get_or_create("mnist", load)``
+    loads once per worker process, and later trials on the same warm worker get it at once.
+    Values are shared by every trial the worker runs: treat them as read-only."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_create(self, key: str, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._data:
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+            value = fn()
+            self._data[key] = value
+            return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def apply_seed(seed: int, rank: int) -> None:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+
+
+# -- distributed sub-context ------------------------------------------------------------
+
+
+class DistributedContext:
+    """Rank information and the active backend; ``backend=None`` is a single local process."""
+
+    def __init__(self, *, world: WorldInfo, backend: Backend | None) -> None:
+        self.world = world
+        self.backend = backend
+
+    def set_world(self, world: WorldInfo) -> None:
+        self.world = world
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        device_for = getattr(self.backend, "device_for", None)
+        if device_for is not None:
+            return device_for(self.world)  # type: ignore[no-any-return]
+        if self.world.use_gpu and torch.cuda.is_available():
+            return torch.device("cuda", self.world.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def prepare_model(self, model: Any) -> Any:
+        if self.backend is None:
+            return model.to(self.device)
+        return self.backend.prepare_model(model)
+
+    def prepare_optimizer(self, optimizer: Any, model: Any) -> Any:
+        if self.backend is None:
+            return optimizer
+        return self.backend.prepare_optimizer(optimizer, model)
+
+    def prepare_loader(
+        self, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, **kwargs: Any
+    ) -> Any:
+        if self.backend is None:
+            import torch
+            from torch.utils.data import DataLoader
+
+            gen = torch.Generator()
+            gen.manual_seed(seed)
+            return DataLoader(
+                dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, **kwargs
+            )
+        return self.backend.prepare_loader(
+            dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, **kwargs
+        )
+
+    def broadcast_object(self, obj: Any, *, src: int = 0) -> Any:
+        if self.backend is None or self.world.world_size == 1:
+            return obj
+        return self.backend.broadcast_object(obj, src=src)
+
+    def barrier(self) -> None:
+        if self.backend is not None and self.world.world_size > 1:
+            self.backend.barrier()
+
+    def all_reduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
+        reduce = getattr(self.backend, "all_reduce_mean", None)
+        if reduce is None or self.world.world_size == 1:
+            return {k: float(v) for k, v in values.items()}
+        return reduce(dict(values))  # type: ignore[no-any-return]
+
+
+# -- reporting sub-context --------------------------------------------------------------
+
+
+class Reporting(Protocol):
+    """Where the chief's reports go, and what the control plane asked of the trial."""
+
+    last_step: int | None
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def emit(self, report: Report) -> None: ...
+
+    @property
+    def stop_requested(self) -> bool: ...
+
+    @property
+    def pause_requested(self) -> bool: ...
+
+
+class LocalReporting:
+    """Keeps reports in memory and logs them; ``request_stop`` plays the control plane."""
+
+    def __init__(self, *, log: logging.Logger) -> None:
+        self.reports: list[Report] = []
+        self.last_step: int | None = None
+        self._log = log
+        self._stop = False
+        self._pause = False
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+        self.reports.append(Report(kind="metrics", step=int(step), time=float(step), metrics=clean))
+        self.last_step = int(step)
+        self._log.info("step %d: %s", step, clean)
+
+    def emit(self, report: Report) -> None:
+        self.reports.append(report)
+
+    def request_stop(self, *, pause: bool = False) -> None:
+        self._stop = True
+        self._pause = self._pause or pause
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    @property
+    def pause_requested(self) -> bool:
+        return self._pause
+
+
+# -- checkpoint sub-context -------------------------------------------------------------
+
+
+class CheckpointStore(Protocol):
+    """The part of ``resolute.runtime.storage.ExperimentStorage`` that checkpoints need."""
+
+    def save_checkpoint(self, trial_id: int, name: str, src_dir: Path) -> str: ...
+
+    def load_checkpoint(self, uri: str, dest_dir: Path) -> Path: ...
+
+
+class DirectoryCheckpointStore:
+    """Local stand-in: checkpoints are directories under ``root``, published atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def save_checkpoint(self, trial_id: int, name: str, src_dir: Path) -> str:
+        final = self.root / f"trial-{trial_id}" / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(src_dir, tmp)
+        os.replace(tmp, final)
+        return str(final)
+
+    def load_checkpoint(self, uri: str, dest_dir: Path) -> Path:
+        src = Path(uri)
+        if not src.is_dir():
+            from resolute.errors import NotFound
+
+            raise NotFound(f"checkpoint {uri} does not exist; check the path or the trial id")
+        dest = Path(dest_dir) / src.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        return dest
+
+
+class CheckpointContext:
+    """Saves through a ``CheckpointStore`` (rank 0 only) and knows which checkpoint a run
+    starts from: its own latest, else ``restore_from`` (resume, restart, PBT donor)."""
+
+    def __init__(
+        self,
+        *,
+        store: CheckpointStore,
+        trial_id: int,
+        restore_from: str | None,
+        scratch_dir: Path,
+    ) -> None:
+        self._store = store
+        self._trial_id = trial_id
+        self.restore_from = restore_from
+        self.latest: str | None = None
+        self._scratch = Path(scratch_dir)
+
+    def save(self, state: Mapping[str, Any] | Path | str, *, step: int) -> str:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        name = f"step{step:09d}-{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(dir=self._scratch, prefix="save-") as tmp:
+            src = Path(tmp) / name
+            if isinstance(state, (str, Path)):
+                shutil.copytree(Path(state), src)
+            else:
+                import torch
+
+                src.mkdir()
+                torch.save(dict(state), src / STATE_FILE)
+            uri = self._store.save_checkpoint(self._trial_id, name, src)
+        self.latest = uri
+        return uri
+
+    def load(self) -> dict[str, Any] | Path | None:
+        uri = self.latest or self.restore_from
+        if uri is None:
+            return None
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        dest = Path(tempfile.mkdtemp(dir=self._scratch, prefix="load-"))
+        path = self._store.load_checkpoint(uri, dest)
+        state_file = path / STATE_FILE
+        if state_file.is_file():
+            import torch
+
+            # Our own checkpoint from our own storage: full unpickling is intended.
+            loaded: dict[str, Any] = torch.load(state_file, map_location="cpu", weights_only=False)
+            shutil.rmtree(dest, ignore_errors=True)
+            return loaded
+        return path
+
+
+# -- the context ------------------------------------------------------------------------
+
+
+class Membership(Protocol):
+    """How an elastic state takes part in re-formations (worker side; absent locally)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def checkpoint_period(self) -> float | None: ...
+
+    def mark_elastic(self) -> None: ...
+
+    def pending_generation(self) -> int: ...
+
+    def on_commit(self, *, commits: int, step: int) -> None: ...
+
+    def leave_and_rejoin(self, cause: BaseException, *, planned: bool) -> WorldInfo: ...
+
+
+class TrialContext:
+    """What ``train(ctx)`` gets. See the module docstring; build one locally with
+    ``TrialContext.local(...)``."""
+
+    def __init__(
+        self,
+        *,
+        hparams: Mapping[str, Any],
+        trial_id: int,
+        experiment: str,
+        seed: int,
+        distributed: DistributedContext,
+        reporting: Reporting,
+        checkpoints: CheckpointContext,
+        log: logging.Logger,
+        cache: WorkerCache,
+        membership: Membership | None = None,
+        checkpoint_period: float | None = None,
+    ) -> None:
+        self.hparams: dict[str, Any] = dict(hparams)
+        self.trial_id = trial_id
+        self.experiment = experiment
+        self.seed = seed
+        self.log = log
+        self.cache = cache
+        self._dist = distributed
+        self._reporting = reporting
+        self._checkpoints = checkpoints
+        self._membership = membership
+        self._checkpoint_period = checkpoint_period
+
+    @classmethod
+    def local(
+        cls,
+        hparams: Mapping[str, Any] | None = None,
+        *,
+        trial_id: int = 0,
+        experiment: str = "local",
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        restore_from: str | None = None,
+        log_file: str | Path | None = None,
+        use_gpu: bool = False,
+        checkpoint_period: float | None = None,
+    ) -> TrialContext:
+        """A single-process context for running ``train(ctx)`` as a plain script.
+
+        Checkpoints go to ``checkpoint_dir`` (default ``./checkpoints``); reports are kept in
+        ``ctx.local_reports`` and logged; ``ctx.request_stop()`` plays the control plane."""
+        log = logging.getLogger(f"resolute.trial.{trial_id}")
+        log.setLevel(logging.INFO)
+        if log_file is not None:
+            attach_log_file(log, Path(log_file), fmt="%(asctime)s %(levelname)s %(message)s")
+        root = Path(checkpoint_dir) if checkpoint_dir is not None else Path("checkpoints")
+        apply_seed(seed, 0)
+        world = WorldInfo(
+            rank=0,
+            world_size=1,
+            local_rank=0,
+            local_world_size=1,
+            node_rank=0,
+            num_nodes=1,
+            generation=0,
+            use_gpu=use_gpu,
+        )
+        return cls(
+            hparams=hparams or {},
+            trial_id=trial_id,
+            experiment=experiment,
+            seed=seed,
+            distributed=DistributedContext(world=world, backend=None),
+            reporting=LocalReporting(log=log),
+            checkpoints=CheckpointContext(
+                store=DirectoryCheckpointStore(root),
+                trial_id=trial_id,
+                restore_from=restore_from,
+                scratch_dir=root / ".scratch",
+            ),
+            log=log,
+            cache=WorkerCache(),
+            checkpoint_period=checkpoint_period,
+        )
+
+    # -- who am I ---------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        return self._dist.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._dist.world.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self._dist.world.local_rank
+
+    @property
+    def is_chief(self) -> bool:
+        return self._dist.world.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self._dist.device
+
+    @property
+    def distributed(self) -> DistributedContext:
+        return self._dist
+
+    # -- reporting and control ---------------------------------------------------------
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Report metrics at ``step``. Only the chief's (rank 0's) reports count; on other
+        ranks this does nothing, so call it on every rank with the same step (reduce
+        metrics first with ``ctx.all_reduce_mean`` if each rank saw different data).
+
+        When the report carries the searcher metric at or past the trial's current
+        target, the chief blocks here until the control plane decides: it either sets a
+        new target (training goes on) or asks the trial to stop or pause (then
+        ``should_stop()`` returns True)."""
+        if self.is_chief:
+            self._reporting.report(step, metrics)
+
+    def all_reduce_mean(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Average scalar metrics over all ranks (a collective: call it on every rank)."""
+        return self._dist.all_reduce_mean(metrics)
+
+    def should_stop(self) -> bool:
+        """True when the control plane asked the trial to stop or pause; the code should
+        then save a checkpoint and return. A collective: every rank gets the chief's
+        answer, so all ranks stop at the same step. Call it on every rank."""
+        return bool(self._dist.broadcast_object(self._reporting.stop_requested, src=0))
+
+    @property
+    def local_reports(self) -> list[Report]:
+        return list(getattr(self._reporting, "reports", []))
+
+    def request_stop(self, *, pause: bool = False) -> None:
+        """Local runs only: act as the control plane asking the trial to stop."""
+        stop = getattr(self._reporting, "request_stop", None)
+        if stop is None:
+            raise RuntimeError("request_stop() is for local contexts; the scheduler stops trials")
+        stop(pause=pause)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self, state: Mapping[str, Any] | Path | str) -> str | None:
+        """Save durably and atomically: a dict with ``torch.save``, or a directory copied
+        as-is. Only the chief writes (it returns the checkpoint's URI); other ranks return
+        None at once. The control plane learns of it as a ``checkpoint`` report."""
+        if not self.is_chief:
+            return None
+        step = self._reporting.last_step or 0
+        uri = self._checkpoints.save(state, step=step)
+        self._reporting.emit(
+            Report(kind="checkpoint", step=step, time=float(step), checkpoint_uri=uri)
+        )
+        self.log.info("checkpoint saved at step %d: %s", step, uri)
+        return uri
+
+    def load_checkpoint(self) -> dict[str, Any] | Path | None:
+        """The checkpoint this run starts from: the trial's own latest (resume, restart), the
+        donor's (a PBT clone), or None for a fresh trial. A dict checkpoint comes back as
+        the dict; a directory checkpoint as a local ``Path`` copy of it."""
+        return self._checkpoints.load()
+
+    # -- data-parallel helpers (delegate to the backend) ------------------------------------
+
+    def prepare_model(self, model: Any) -> Any:
+        """Move ``model`` to ``ctx.device`` and wrap it for data parallelism (torch: DDP
+        when the world has more than one rank)."""
+        return self._dist.prepare_model(model)
+
+    def prepare_optimizer(self, optimizer: Any, model: Any = None) -> Any:
+        return self._dist.prepare_optimizer(optimizer, model)
+
+    def prepare_loader(
+        self, dataset: Any, batch_size: int, shuffle: bool = True, **kwargs: Any
+    ) -> Any:
+        """A loader over this rank's share of ``dataset``; ``batch_size`` is per rank. With
+        torch it iterates a ``DistributedSampler`` and starts a new epoch at each ``iter``
+        (``loader.set_epoch(e)`` picks one explicitly)."""
+        return self._dist.prepare_loader(
+            dataset, batch_size=batch_size, shuffle=shuffle, seed=self.seed, **kwargs
+        )
+
+    def elastic_state(
+        self, *, model: Any = None, optimizer: Any = None, step: int = 0, **extra: Any
+    ) -> ElasticState:
+        """Training state that survives re-formations of the group; see
+        ``resolute.elastic.state.ElasticState``."""
+        from resolute.elastic.state import ElasticState
+
+        return ElasticState(ctx=self, model=model, optimizer=optimizer, step=step, extra=extra)
+
+    @property
+    def membership(self) -> Membership | None:
+        return self._membership
+
+    @property
+    def checkpoint_period(self) -> float | None:
+        return self._checkpoint_period
+
+
+def attach_log_file(log: logging.Logger, path: Path, *, fmt: str) -> logging.Handler:
+    """Send ``log``'s lines to ``path`` (appending), once per path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for handler in log.handlers:
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename) == path.resolve()
+        ):
+            return handler
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    return handler
+
+
+def local_context(hparams: Mapping[str, Any] | None = None, **kwargs: Any) -> TrialContext:
+    """Same as ``TrialContext.local``."""
+    return TrialContext.local(hparams, **kwargs)

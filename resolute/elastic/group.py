@@ -1,0 +1,602 @@
+"""``WorkerGroup``: the ranks of one trial, driven from the scheduler's async actor.
+
+Every method is a coroutine or fire-and-forget; none blocks the event loop. One supervisor
+task owns the group's membership: it consumes events (a worker's status changed, a worker
+was lost, a resize was asked for) one at a time, so decisions never race each other.
+
+Lifecycle: ``start`` -> running -> (``resize`` / a rank lost -> re-formed)* -> ``wait``
+returns the ``TrialOutcome`` -> ``shutdown``. Workers go back to the pool as soon as the
+run ends (before ``wait`` returns), so their slots are free for the next trial.
+
+Membership events reach the control plane as ``Report(kind="event")`` through the sink,
+and the trial's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from resolute.context import attach_log_file
+from resolute.elastic.control import WorkerStatus
+from resolute.elastic.plan import TrialOutcome, build_worlds, decide_outcome, order_by_node
+from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
+from resolute.elastic.spec import Report, TrialSpec
+from resolute.errors import EntrypointError, ResourcesUnavailable
+
+__all__ = ["TrialOutcome", "WorkerGroup"]
+
+POLL_S = 10.0
+RENDEZVOUS_TIMEOUT_S = 120.0
+
+
+@dataclass(eq=False)
+class _Member:
+    worker: PooledWorker
+    status: WorkerStatus = field(default_factory=WorkerStatus)
+    lost: bool = False
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.lost or self.status.phase in ("interrupted", "done")
+
+    @property
+    def done(self) -> bool:
+        return self.lost or self.status.phase == "done"
+
+
+class WorkerGroup:
+    def __init__(
+        self,
+        *,
+        spec: TrialSpec,
+        sink: Any,
+        pool: WorkerPool,
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        reform_timeout_s: float = 60.0,
+    ) -> None:
+        if min_workers < 1 or (max_workers is not None and max_workers < min_workers):
+            raise ValueError(
+                f"need 1 <= min_workers <= max_workers, got {min_workers}, {max_workers}"
+            )
+        self.spec = spec
+        self.min_workers = min_workers
+        self.max_workers = max_workers if max_workers is not None else min_workers
+        self.reform_timeout_s = reform_timeout_s
+        self._sink = sink
+        self._pool = pool
+        self._shape = Shape(cpus=spec.cpus_per_slot, gpus=spec.gpus_per_slot)
+        self._members: list[_Member] = []
+        self._leaving: list[_Member] = []
+        self._generation = 0
+        self._target = 0
+        self._until = spec.until
+        self._stop = False
+        self._pause = False
+        self._lost = 0
+        self._reformations = 0
+        self._last_step: int | None = None
+        self._events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._deferred: list[tuple[Any, ...]] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._outcome: asyncio.Future[TrialOutcome] | None = None
+        self._log = self._open_log()
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Ranks in the current generation."""
+        return len(self._members)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def finished(self) -> bool:
+        return self._outcome is not None and self._outcome.done()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [m.worker.pid for m in self._members]
+
+    async def start(self, n_workers: int) -> None:
+        """Acquire ``n_workers`` workers, warm them (import the entrypoint: a broken one
+        raises ``EntrypointError`` here), form the process group and launch ``train(ctx)``.
+        Raises ``ResourcesUnavailable`` when the workers cannot be placed."""
+        if self._outcome is not None:
+            raise RuntimeError("a WorkerGroup runs one trial once; create a new one")
+        self._check_size(n_workers)
+        self._outcome = asyncio.get_running_loop().create_future()
+        self._target = n_workers
+        workers = await self._pool.acquire(
+            shape=self._shape, n=n_workers, reuse=self.spec.reuse_workers
+        )
+        try:
+            await self._warm(workers)
+            order = order_by_node([w.node_id for w in workers])
+            self._members = [_Member(worker=workers[i]) for i in order]
+            await self._launch(self._members, generation=0, survivors=[])
+        except BaseException:
+            self._outcome = None
+            await self._pool.release(workers, reuse=self.spec.reuse_workers)
+            raise
+        for m in self._members:
+            m.watcher = asyncio.create_task(self._watch(m))
+        self._supervisor = asyncio.create_task(self._supervise())
+        self._event(f"started with {n_workers} rank(s) on {self._num_nodes()} node(s)")
+
+    def set_target(self, until: float) -> None:
+        """Let the trial train until ``until`` time units (answers a chief waiting at its
+        target; may also come early)."""
+        self._until = until
+        for m in self._members:
+            m.worker.handle.set_target.remote(until)
+
+    def request_stop(self, *, pause: bool) -> None:
+        """Ask user code to stop (``should_stop()`` turns True); with ``pause`` the outcome is
+        ``paused`` (the code is expected to save a checkpoint first)."""
+        self._stop = True
+        self._pause = self._pause or pause
+        for m in self._members:
+            m.worker.handle.request_stop.remote(pause)
+
+    async def wait(self) -> TrialOutcome:
+        if self._outcome is None:
+            raise RuntimeError("start() the group before waiting for it")
+        return await asyncio.shield(self._outcome)
+
+    async def resize(self, n: int) -> bool:
+        """Grow or shrink to ``n`` ranks (``min_workers <= n <= max_workers``) without
+        restarting the trial. New ranks are placed and warmed before the running ranks
+        pause to re-form. Returns False, changing nothing, when the user code does not use
+        ``ctx.elastic_state`` (the caller may checkpoint and restart instead) or the run
+        has ended. Raises ``ResourcesUnavailable`` when new ranks cannot be placed."""
+        self._check_size(n)
+        if self.finished or self._supervisor is None:
+            return False
+        if not all(m.status.elastic for m in self._members):
+            return False
+        if n == self.size:
+            self._target = n
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if n > self.size:
+            workers = await self._pool.acquire(
+                shape=self._shape,
+                n=n - self.size,
+                reuse=self.spec.reuse_workers,
+                prefer_nodes=[m.worker.node_id for m in self._members],
+            )
+            try:
+                await self._warm(workers)
+            except BaseException:
+                await self._pool.release(workers, reuse=self.spec.reuse_workers)
+                raise
+            self._events.put_nowait(("grow", workers, fut, n))
+        else:
+            self._events.put_nowait(("shrink", n, fut))
+        return await fut
+
+    async def shutdown(self, *, grace_s: float = 0.0) -> None:
+        """End the run: with ``grace_s`` > 0, ask user code to stop and wait that long; then
+        kill what still runs. Healthy workers go back to the pool. Idempotent."""
+        if self._refill is not None:
+            self._refill.cancel()
+        if self._outcome is None:
+            return
+        if not self.finished and grace_s > 0:
+            self.request_stop(pause=False)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._outcome), timeout=grace_s)
+        if not self.finished:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._supervisor
+            for m in self._members + self._leaving:
+                if m.watcher is not None:
+                    m.watcher.cancel()
+            await self._pool.discard([m.worker for m in self._members + self._leaving])
+            self._members, self._leaving = [], []
+            self._stop = True
+            self._finalize_with(
+                TrialOutcome(
+                    status="stopped",
+                    last_step=self._last_step,
+                    workers_lost=self._lost,
+                    reformations=self._reformations,
+                )
+            )
+
+    # -- launching ----------------------------------------------------------------------
+
+    def _check_size(self, n: int) -> None:
+        if not self.min_workers <= n <= self.max_workers:
+            raise ValueError(
+                f"trial {self.spec.trial_id}: {n} rank(s) is outside "
+                f"[{self.min_workers}, {self.max_workers}]"
+            )
+
+    async def _warm(self, workers: list[PooledWorker]) -> None:
+        import ray
+
+        try:
+            await asyncio.gather(*(w.handle.warm.remote(self.spec) for w in workers))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            if isinstance(cause, EntrypointError):
+                raise EntrypointError(str(cause)) from None
+            raise
+
+    def _spec_now(self) -> TrialSpec:
+        return replace(self.spec, until=self._until)
+
+    async def _launch(
+        self, members: list[_Member], *, generation: int, survivors: list[_Member]
+    ) -> None:
+        """Form ``generation`` with ``members`` (in rank order). Survivors already hold a
+        prepared run and wait for their world; the others get ``prepare`` + ``launch``."""
+        new = [m for m in members if m not in survivors]
+        spec = self._spec_now()
+        provisional = build_worlds(
+            [m.worker.node_id for m in members],
+            generation=generation,
+            rendezvous={},
+            use_gpu=self._shape.gpus > 0,
+            timeout_s=RENDEZVOUS_TIMEOUT_S,
+        )
+        index = {id(m): i for i, m in enumerate(members)}
+        await asyncio.gather(
+            *(
+                m.worker.handle.prepare.remote(spec, provisional[index[id(m)]], self._sink)
+                for m in new
+            )
+        )
+        rendezvous = await members[0].worker.handle.rendezvous_info.remote(
+            world_size=len(members), generation=generation
+        )
+        worlds = [replace(w, rendezvous=rendezvous) for w in provisional]
+        for m in members:
+            world = worlds[index[id(m)]]
+            if m in survivors:
+                m.worker.handle.give_world.remote(world)
+            else:
+                m.worker.handle.launch.remote(world)
+                if self._stop:
+                    m.worker.handle.request_stop.remote(self._pause)
+        self._generation = generation
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def _watch(self, member: _Member) -> None:
+        import ray
+
+        since = 0
+        while True:
+            try:
+                status: WorkerStatus = await member.worker.handle.poll.remote(since, POLL_S)
+            except ray.exceptions.ActorUnavailableError:
+                await asyncio.sleep(0.5)  # transient (e.g. a network blip): ask again
+                continue
+            except ray.exceptions.RayActorError as exc:
+                self._events.put_nowait(("lost", member, exc))
+                return
+            if status.version > since:
+                since = status.version
+                self._events.put_nowait(("status", member, status))
+            if status.phase == "done":
+                return
+
+    async def _supervise(self) -> None:
+        try:
+            while not self.finished:
+                if self._deferred:
+                    event = self._deferred.pop(0)
+                else:
+                    event = await self._events.get()
+                await self._handle(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a supervisor bug must not hang the trial
+            self._log.exception("worker group supervisor failed")
+            await self._end_all()
+            self._finalize_with(
+                TrialOutcome(
+                    status="errored",
+                    error=f"worker group supervisor failed: {type(exc).__name__}: {exc}",
+                    counts_as_restart=False,
+                    workers_lost=self._lost,
+                )
+            )
+
+    def _apply(self, event: tuple[Any, ...]) -> bool:
+        """Update member state for a status/lost event; False for other kinds."""
+        kind = event[0]
+        if kind == "status":
+            member, status = event[1], event[2]
+            member.status = status
+            if status.last_step is not None:
+                self._last_step = max(self._last_step or 0, status.last_step)
+            if member in self._leaving and status.phase == "done":
+                self._leaving.remove(member)
+                asyncio.create_task(
+                    self._pool.release([member.worker], reuse=self.spec.reuse_workers)
+                )
+            return True
+        if kind == "lost":
+            member = event[1]
+            if not member.lost:
+                member.lost = True
+                self._lost += 1
+                self._event(f"rank {member.status.rank} (pid {member.worker.pid}) lost: {event[2]}")
+                self._pool_forget(member)
+            return True
+        return False
+
+    async def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if self._apply(event):
+            member: _Member = event[1]
+            if member not in self._members:
+                return
+            failed_user_code = (
+                member.status.phase == "done"
+                and member.status.outcome == "errored"
+                and member.status.error_kind == "user"
+            )
+            if failed_user_code:
+                await self._end_all()
+                return
+            needs_reform = member.lost or (
+                member.status.phase == "interrupted"
+                and member.status.interrupt_kind == "failure"
+                and member.status.generation == self._generation
+            )
+            if needs_reform and any(m.status.elastic for m in self._members):
+                await self._reform(add=[], drop=0, reason="a rank was lost")
+            elif member.lost:
+                await self._end_all()
+            if all(m.done for m in self._members):
+                await self._finish()
+            return
+        if kind == "grow":
+            _, workers, fut, n = event
+            self._target = max(self._target, n)
+            ok = await self._reform(add=workers, drop=0, reason=f"grow to {n}")
+            if fut is not None and not fut.done():
+                fut.set_result(ok)
+        elif kind == "shrink":
+            _, n, fut = event
+            self._target = n
+            ok = await self._reform(add=[], drop=self.size - n, reason=f"shrink to {n}")
+            if not fut.done():
+                fut.set_result(ok)
+
+    # -- re-forming ---------------------------------------------------------------------
+
+    async def _reform(self, *, add: list[PooledWorker], drop: int, reason: str) -> bool:
+        """Move every live rank into a new generation: announce it, wait until each one has
+        left the old process group (or finished, or died), then hand out the new worlds."""
+        generation = self._generation + 1
+        planned = bool(add) or drop > 0
+        live = [m for m in self._members if not m.done]
+        for m in live:
+            m.worker.handle.announce_reform.remote(generation, planned)
+        await self._settle(self._members)
+        if any(
+            m.status.outcome == "errored" and m.status.error_kind == "user" for m in self._members
+        ):
+            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._end_all()
+            return False
+        interrupted = [m for m in self._members if not m.lost and m.status.phase == "interrupted"]
+        if any(m.status.phase == "done" and not m.lost for m in self._members):
+            # The run finished on some rank meanwhile: nothing to re-form.
+            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            for m in interrupted:
+                m.worker.handle.release.remote()
+            await self._settle(self._members)
+            await self._finish()
+            return False
+        by_rank = sorted(interrupted, key=lambda m: m.status.rank)
+        dropped = by_rank[len(by_rank) - drop :] if drop > 0 else []
+        survivors = [m for m in by_rank if m not in dropped]
+        if not survivors:
+            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._end_all()
+            return False
+        if len(survivors) + len(add) < self.min_workers:
+            add = add + await self._try_acquire(self.min_workers - len(survivors) - len(add))
+        if len(survivors) + len(add) < self.min_workers:
+            self._event(f"only {len(survivors)} rank(s) left, below min_workers={self.min_workers}")
+            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._end_all()
+            return False
+        chief = min(survivors, key=lambda m: (-m.status.commits, m.status.rank))
+        newcomers = [_Member(worker=w) for w in add]
+        everyone = [chief] + [m for m in survivors if m is not chief] + newcomers
+        order = order_by_node([m.worker.node_id for m in everyone], first=0)
+        members = [everyone[i] for i in order]
+        for m in dropped:
+            self._leaving.append(m)
+            m.worker.handle.release.remote()
+        old = self.size
+        await self._launch(members, generation=generation, survivors=survivors)
+        self._members = members
+        for m in newcomers:
+            m.watcher = asyncio.create_task(self._watch(m))
+        self._reformations += 1
+        self._event(
+            f"re-formed generation {generation} ({reason}): {old} -> {len(members)} rank(s) "
+            f"on {self._num_nodes()} node(s), restored commit {chief.status.commits} "
+            f"(step {chief.status.step})"
+        )
+        if self._target > self.size:
+            self._start_refill()
+        return True
+
+    async def _settle(self, members: list[_Member]) -> None:
+        """Consume status events until every member is interrupted, done or lost; a member
+        that does not get there within ``reform_timeout_s`` is killed and counted lost."""
+        deadline = time.monotonic() + self.reform_timeout_s
+        while not all(m.settled for m in members):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for m in members:
+                    if not m.settled:
+                        self._apply(
+                            (
+                                "lost",
+                                m,
+                                f"did not leave the group within {self.reform_timeout_s:.0f}s",
+                            )
+                        )
+                break
+            try:
+                event = await asyncio.wait_for(self._events.get(), timeout=left)
+            except asyncio.TimeoutError:
+                continue
+            if not self._apply(event):
+                self._deferred.append(event)
+
+    async def _try_acquire(self, n: int) -> list[PooledWorker]:
+        try:
+            workers = await self._pool.acquire(
+                shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=2.0
+            )
+        except ResourcesUnavailable:
+            return []
+        try:
+            await self._warm(workers)
+        except Exception:  # noqa: BLE001 - it warmed before; a failure now means no refill
+            await self._pool.release(workers, reuse=False)
+            return []
+        return workers
+
+    def _start_refill(self) -> None:
+        if self._refill is not None and not self._refill.done():
+            return
+        self._refill = asyncio.create_task(self._refill_loop())
+
+    async def _refill_loop(self) -> None:
+        """After a loss, wait for slots to come back (a node rejoins, the autoscaler adds
+        one) and grow back to the target size."""
+        while not self.finished and self.size < self._target:
+            try:
+                workers = await self._pool.acquire(
+                    shape=self._shape, n=self._target - self.size, reuse=self.spec.reuse_workers
+                )
+            except ResourcesUnavailable:
+                continue
+            try:
+                await self._warm(workers)
+            except Exception:  # noqa: BLE001 - retry with other workers
+                await self._pool.release(workers, reuse=False)
+                continue
+            if self.finished:
+                await self._pool.release(workers, reuse=self.spec.reuse_workers)
+                return
+            self._events.put_nowait(("grow", workers, None, self._target))
+            return
+
+    # -- ending -------------------------------------------------------------------------
+
+    async def _end_all(self) -> None:
+        """Stop every live rank (a rank failed for good): wake and abort them, wait for them
+        to finish, kill the ones that do not, then settle the outcome."""
+        for m in self._members:
+            if not m.done:
+                m.worker.handle.request_stop.remote(False)
+                m.worker.handle.abort.remote()
+        deadline = time.monotonic() + self.reform_timeout_s
+        while not all(m.done for m in self._members):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for m in self._members:
+                    if not m.done:
+                        self._apply(("lost", m, "did not stop after its peers failed"))
+                break
+            try:
+                event = await asyncio.wait_for(self._events.get(), timeout=left)
+            except asyncio.TimeoutError:
+                continue
+            if not self._apply(event):
+                self._deferred.append(event)
+        await self._finish()
+
+    async def _finish(self) -> None:
+        if self.finished:
+            return
+        if self._refill is not None:
+            self._refill.cancel()
+        outcome = decide_outcome(
+            [None if m.lost else m.status for m in self._members],
+            stop_requested=self._stop,
+            pause_requested=self._pause,
+            workers_lost=self._lost,
+            reformations=self._reformations,
+            last_step=self._last_step,
+            checkpoint_uri=None,
+        )
+        healthy = [m.worker for m in self._members if not m.lost]
+        await self._pool.release(healthy, reuse=self.spec.reuse_workers)
+        for m in self._deferred:
+            if m[0] == "grow":
+                await self._pool.release(m[1], reuse=self.spec.reuse_workers)
+                if m[2] is not None and not m[2].done():
+                    m[2].set_result(False)
+            elif m[0] == "shrink" and not m[2].done():
+                m[2].set_result(False)
+        self._deferred.clear()
+        if outcome.status == "errored":
+            self._log.error("trial run errored: %s", outcome.error)
+        self._event(f"run ended: {outcome.status}")
+        self._finalize_with(outcome)
+
+    def _finalize_with(self, outcome: TrialOutcome) -> None:
+        if self._outcome is not None and not self._outcome.done():
+            self._outcome.set_result(outcome)
+
+    def _pool_forget(self, member: _Member) -> None:
+        asyncio.create_task(self._pool.discard([member.worker]))
+
+    # -- events and log -----------------------------------------------------------------
+
+    def _num_nodes(self) -> int:
+        return len({m.worker.node_id for m in self._members})
+
+    def _open_log(self) -> logging.Logger:
+        log = logging.getLogger(f"resolute.group.{self.spec.trial_id}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        try:
+            from resolute.runtime.storage import ExperimentStorage
+
+            storage = ExperimentStorage(
+                root=self.spec.storage_root, experiment_id=self.spec.experiment_id
+            )
+            attach_log_file(
+                log,
+                Path(storage.trial_log_path(self.spec.trial_id)),
+                fmt="%(asctime)s group %(levelname)s %(message)s",
+            )
+        except Exception:  # noqa: BLE001 - events still reach the sink without a log file
+            logging.getLogger(__name__).exception("cannot open the trial log")
+        return log
+
+    def _event(self, message: str) -> None:
+        self._log.info("%s", message)
+        step = self._last_step or 0
+        report = Report(kind="event", step=step, time=float(step), message=message)
+        with contextlib.suppress(Exception):
+            self._sink.on_reports.remote(self.spec.trial_id, [report])

@@ -1,0 +1,275 @@
+"""Warm worker actors kept per resource shape and reused across trials.
+
+A trial that starts on a warm worker costs no new Python process: the worker's imports and
+its ``WorkerCache`` (datasets) are already there. New workers are created in a placement
+group with the ``PACK`` strategy, so the ranks created together land on the fewest nodes.
+A worker keeps its placement-group bundle (its slot) while idle; the group is removed
+when its last worker is killed. Idle workers beyond ``max_idle`` are killed, oldest first.
+
+Used from an async context (the scheduler actor): every method that waits is a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from resolute.elastic.worker import worker_actor_class
+from resolute.errors import ResourcesUnavailable
+
+log = logging.getLogger(__name__)
+
+INFO_TIMEOUT_S = 30.0
+FINISH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The resources of one worker (one rank's slot)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def bundle(self) -> dict[str, float]:
+        bundle = {"CPU": self.cpus} if self.cpus > 0 else {}
+        if self.gpus > 0:
+            bundle["GPU"] = self.gpus
+        # A bundle may not be empty; a zero-resource worker still takes a sliver of CPU.
+        return bundle or {"CPU": 0.01}
+
+
+@dataclass
+class PooledWorker:
+    handle: Any
+    shape: Shape
+    pid: int
+    node_id: str
+    node_ip: str
+    pg_key: int
+    serial: int = 0
+    trials: int = field(default=0)
+
+
+class WorkerPool:
+    def __init__(self, *, max_idle: int = 8, acquire_timeout_s: float = 120.0) -> None:
+        self.max_idle = max_idle
+        self.acquire_timeout_s = acquire_timeout_s
+        self._idle: dict[Shape, list[PooledWorker]] = {}
+        self._pgs: dict[int, Any] = {}
+        self._pg_live: Counter[int] = Counter()
+        self._serial = itertools.count(1)
+        self.created = 0
+        self.reused = 0
+
+    # -- inspecting ---------------------------------------------------------------------
+
+    def idle_count(self, shape: Shape | None = None) -> int:
+        if shape is not None:
+            return len(self._idle.get(shape, []))
+        return sum(len(ws) for ws in self._idle.values())
+
+    def idle_slots(self) -> dict[Shape, int]:
+        return {s: len(ws) for s, ws in self._idle.items() if ws}
+
+    # -- acquiring ----------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        *,
+        shape: Shape,
+        n: int,
+        reuse: bool = True,
+        prefer_nodes: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> list[PooledWorker]:
+        """``n`` workers of ``shape``: warm idle ones first (those on ``prefer_nodes``, then
+        on the nodes with the most idle workers), new ones for the rest.
+
+        Raises ``ResourcesUnavailable`` when the new ones cannot be placed in time."""
+        if n <= 0:
+            return []
+        taken = await self._take_idle(shape, n, prefer_nodes) if reuse else []
+        try:
+            fresh = await self._create(shape, n - len(taken), timeout_s)
+        except BaseException:
+            await self.release(taken, reuse=True)
+            raise
+        self.reused += len(taken)
+        return taken + fresh
+
+    async def _take_idle(
+        self, shape: Shape, n: int, prefer_nodes: Sequence[str]
+    ) -> list[PooledWorker]:
+        idle = self._idle.get(shape, [])
+        per_node = Counter(w.node_id for w in idle)
+        preferred = set(prefer_nodes)
+        idle.sort(key=lambda w: (w.node_id not in preferred, -per_node[w.node_id], w.node_id))
+        taken: list[PooledWorker] = []
+        while idle and len(taken) < n:
+            worker = idle.pop(0)
+            if await self._alive(worker):
+                taken.append(worker)
+            else:
+                self._forget(worker)
+        return taken
+
+    async def _alive(self, worker: PooledWorker) -> bool:
+        try:
+            await asyncio.wait_for(worker.handle.info.remote(), timeout=INFO_TIMEOUT_S)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the idle worker is unusable
+            return False
+
+    async def _create(self, shape: Shape, k: int, timeout_s: float | None) -> list[PooledWorker]:
+        if k <= 0:
+            return []
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
+        pg = placement_group([shape.bundle() for _ in range(k)], strategy="PACK")
+        if not await self._wait_ready(pg, shape, timeout):
+            remove_placement_group(pg)
+            raise ResourcesUnavailable(
+                f"could not place {k} worker(s) of {shape.cpus} CPU / {shape.gpus} GPU within "
+                f"{timeout:.0f}s; the cluster lacks free slots. Lower the trial's slots, free "
+                "resources, or let the autoscaler add nodes"
+            )
+        key = next(self._serial)
+        self._pgs[key] = pg
+        cls = worker_actor_class()
+        handles = [
+            cls.options(
+                num_cpus=shape.cpus,
+                num_gpus=shape.gpus,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            ).remote()
+            for i in range(k)
+        ]
+        self._pg_live[key] += k
+        infos = await asyncio.gather(*(h.info.remote() for h in handles), return_exceptions=True)
+        workers: list[PooledWorker] = []
+        failed: BaseException | None = None
+        for handle, info in zip(handles, infos, strict=True):
+            if isinstance(info, BaseException):
+                failed = info
+                self._kill_handle(handle, key)
+                continue
+            workers.append(
+                PooledWorker(
+                    handle=handle,
+                    shape=shape,
+                    pid=int(info["pid"]),
+                    node_id=str(info["node_id"]),
+                    node_ip=str(info["node_ip"]),
+                    pg_key=key,
+                    serial=next(self._serial),
+                )
+            )
+        if failed is not None:
+            await self.discard(workers)
+            raise ResourcesUnavailable(
+                f"a new worker failed to start ({failed}); check the Ray worker logs"
+            )
+        self.created += len(workers)
+        return workers
+
+    async def _wait_ready(self, pg: Any, shape: Shape, timeout: float) -> bool:
+        # Idle workers of other shapes hold slots; give them up before waiting long.
+        first = min(1.0, timeout)
+        try:
+            await asyncio.wait_for(pg.ready(), timeout=first)
+            return True
+        except asyncio.TimeoutError:
+            pass
+        others = [s for s in self._idle if s != shape and self._idle[s]]
+        for other in others:
+            await self.trim(keep=0, shape=other)
+        try:
+            await asyncio.wait_for(pg.ready(), timeout=max(0.0, timeout - first))
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- giving back --------------------------------------------------------------------
+
+    async def release(self, workers: Iterable[PooledWorker], *, reuse: bool) -> None:
+        """Return workers after a trial: reset and kept idle when ``reuse`` and they reset
+        cleanly, killed otherwise."""
+        workers = list(workers)
+        if not workers:
+            return
+        if not reuse:
+            await self.discard(workers)
+            return
+        results = await asyncio.gather(
+            *(asyncio.wait_for(w.handle.finish.remote(), FINISH_TIMEOUT_S) for w in workers),
+            return_exceptions=True,
+        )
+        for worker, clean in zip(workers, results, strict=True):
+            if clean is True:
+                worker.trials += 1
+                self._idle.setdefault(worker.shape, []).append(worker)
+            else:
+                self._kill(worker)
+        await self._enforce_cap()
+
+    async def discard(self, workers: Iterable[PooledWorker]) -> None:
+        for worker in workers:
+            self._kill(worker)
+
+    async def trim(self, *, keep: int = 0, shape: Shape | None = None) -> int:
+        """Kill idle workers (of ``shape``, or all) until at most ``keep`` remain; returns how
+        many were killed. The scheduler calls it when idle slots are needed elsewhere."""
+        shapes = [shape] if shape is not None else list(self._idle)
+        killed = 0
+        for s in shapes:
+            idle = self._idle.get(s, [])
+            idle.sort(key=lambda w: w.serial)
+            while len(idle) > keep:
+                self._kill(idle.pop(0))
+                killed += 1
+        return killed
+
+    async def _enforce_cap(self) -> None:
+        everyone = sorted((w for ws in self._idle.values() for w in ws), key=lambda w: w.serial)
+        excess = len(everyone) - self.max_idle
+        for worker in everyone[: max(0, excess)]:
+            self._idle[worker.shape].remove(worker)
+            self._kill(worker)
+
+    async def close(self) -> None:
+        await self.trim(keep=0)
+
+    def _kill(self, worker: PooledWorker) -> None:
+        for ws in self._idle.values():
+            if worker in ws:
+                ws.remove(worker)
+        self._kill_handle(worker.handle, worker.pg_key)
+
+    def _forget(self, worker: PooledWorker) -> None:
+        self._kill_handle(worker.handle, worker.pg_key)
+
+    def _kill_handle(self, handle: Any, pg_key: int) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        with contextlib.suppress(Exception):  # already dead is fine
+            ray.kill(handle, no_restart=True)
+        self._pg_live[pg_key] -= 1
+        if self._pg_live[pg_key] <= 0:
+            pg = self._pgs.pop(pg_key, None)
+            self._pg_live.pop(pg_key, None)
+            if pg is not None:
+                # A placement group on a lost node is gone already.
+                with contextlib.suppress(Exception):
+                    remove_placement_group(pg)

@@ -1,0 +1,110 @@
+"""The chief's path to the control plane: reports batched by a background flusher.
+
+Reports are sent in order, one batch at a time (a batch is sent only after the previous one
+was accepted), as ``sink.on_reports.remote(trial_id, [Report, ...])``. A report that carries
+the searcher metric at a time at or past the current target is a decision point: it is
+flushed at once and the caller blocks until the group relays the control plane's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from resolute.elastic.control import TrialControl
+from resolute.elastic.spec import Report, TrialSpec
+
+FLUSH_INTERVAL_S = 0.2
+SINK_TIMEOUT_S = 60.0
+
+
+class SinkReporter:
+    def __init__(
+        self,
+        *,
+        spec: TrialSpec,
+        sink: Any,
+        control: TrialControl,
+        log: logging.Logger,
+    ) -> None:
+        self._spec = spec
+        self._sink = sink
+        self._control = control
+        self._log = log
+        self._buffer: list[Report] = []
+        self._buffer_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one batch in flight, so batches stay in order
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_step: int | None = None
+
+    def _ensure_flusher(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._flush_loop, name=f"resolute-flush-{self._spec.trial_id}", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._control.stop_requested
+
+    @property
+    def pause_requested(self) -> bool:
+        return self._control.pause_requested
+
+    def time_of(self, step: int, metrics: Mapping[str, float]) -> float:
+        name = self._spec.time_metric
+        if name is None:
+            return float(step)
+        if name not in metrics:
+            raise KeyError(
+                f"report(step={step}) lacks the experiment's time_metric {name!r}; "
+                f"include it in every report (got {sorted(metrics)})"
+            )
+        return float(metrics[name])
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+        t = self.time_of(step, clean)
+        self.emit(Report(kind="metrics", step=int(step), time=t, metrics=clean))
+        self.last_step = int(step)
+        if self._spec.metric in clean and t >= self._control.target:
+            self.flush()
+            self._control.wait_at_target(t)
+
+    def emit(self, report: Report) -> None:
+        with self._buffer_lock:
+            self._buffer.append(report)
+        self._ensure_flusher()
+
+    def flush(self) -> None:
+        with self._send_lock:
+            with self._buffer_lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            import ray
+
+            try:
+                ray.get(
+                    self._sink.on_reports.remote(self._spec.trial_id, batch),
+                    timeout=SINK_TIMEOUT_S,
+                )
+            except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
+                self._log.warning(
+                    "could not deliver %d report(s) to the control plane: %s", len(batch), exc
+                )
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SINK_TIMEOUT_S)
+            self._thread = None
+        self.flush()

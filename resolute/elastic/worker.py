@@ -1,0 +1,402 @@
+"""The Ray actor that runs user code: one rank of a trial, reusable across trials.
+
+A threaded actor: ``start`` runs the user's ``train(ctx)`` in a thread of its own and returns,
+so the control calls (``set_target``, ``request_stop``, ``poll``, re-formation) arrive on
+the actor's other threads while user code runs. The process, its imports and its
+``WorkerCache`` outlive a trial; ``finish`` resets everything else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from resolute.context import (
+    CheckpointContext,
+    CheckpointStore,
+    DistributedContext,
+    TrialContext,
+    WorkerCache,
+    apply_seed,
+    attach_log_file,
+)
+from resolute.elastic.backends.base import Backend, WorldInfo
+from resolute.elastic.control import Aborted, Released, TrialControl, WorkerStatus
+from resolute.elastic.reporter import SinkReporter
+from resolute.elastic.spec import TrialSpec
+from resolute.errors import EntrypointError
+
+MAX_CONCURRENCY = 16  # user thread aside: poll, control calls and rendezvous at once
+REJOIN_TIMEOUT_S = 300.0
+LOG_FORMAT = "%(asctime)s rank%(rank)s %(levelname)s %(message)s"
+
+
+def make_backend(name: str) -> Backend:
+    if name == "torch":
+        from resolute.elastic.backends.torch import TorchBackend
+
+        return TorchBackend()
+    if name == "horovod":
+        from resolute.elastic.backends import horovod
+
+        return horovod.HorovodBackend()
+    raise EntrypointError(f"unknown backend {name!r}; use 'torch' or 'horovod'")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    from resolute.elastic.backends.torch import is_collective_failure as torch_check
+
+    return torch_check(exc)
+
+
+def open_storage(spec: TrialSpec) -> Any:
+    from resolute.runtime.storage import ExperimentStorage
+
+    return ExperimentStorage(root=spec.storage_root, experiment_id=spec.experiment_id)
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, ctx_world: Callable[[], int]) -> None:
+        super().__init__()
+        self._rank = ctx_world
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self._rank()
+        return True
+
+
+class _Membership:
+    """The worker side of re-formations, handed to ``ElasticState`` via the context."""
+
+    def __init__(self, run: _TrialRun) -> None:
+        self._run = run
+
+    @property
+    def generation(self) -> int:
+        return self._run.dist.world.generation
+
+    @property
+    def checkpoint_period(self) -> float | None:
+        return self._run.spec.checkpoint_period
+
+    def mark_elastic(self) -> None:
+        if not self._run.control.status.elastic:
+            self._run.control.update(elastic=True)
+
+    def pending_generation(self) -> int:
+        return self._run.control.pending_generation()
+
+    def on_commit(self, *, commits: int, step: int) -> None:
+        self._run.control.note_commit(commits=commits, step=step)
+
+    def leave_and_rejoin(self, cause: BaseException, *, planned: bool) -> WorldInfo:
+        run = self._run
+        run.backend.teardown()  # closes our sockets, so peers blocked on us fail fast too
+        run.control.update(
+            phase="interrupted",
+            interrupt_kind="planned" if planned else "failure",
+            error=None if planned else f"{type(cause).__name__}: {cause}",
+        )
+        run.log.info("leaving generation %d: %s", self.generation, cause)
+        try:
+            world = run.control.wait_for_world(timeout_s=REJOIN_TIMEOUT_S)
+        except Aborted:
+            raise cause from None
+        run.backend.setup(world)
+        run.dist.set_world(world)
+        run.control.update(
+            phase="running", rank=world.rank, generation=world.generation, interrupt_kind=None
+        )
+        run.log.info(
+            "joined generation %d as rank %d of %d", world.generation, world.rank, world.world_size
+        )
+        return world
+
+
+class _TrialRun:
+    """Everything that belongs to one trial on this worker; dropped by ``finish``."""
+
+    def __init__(
+        self, *, spec: TrialSpec, world: WorldInfo, sink: Any, cache: WorkerCache, fn: Any
+    ) -> None:
+        self.spec = spec
+        self.fn = fn
+        self.control = TrialControl(until=spec.until, generation=world.generation)
+        self.backend = make_backend(spec.backend)
+        self.dist = DistributedContext(world=world, backend=self.backend)
+        self.log = logging.getLogger(f"resolute.trial.{spec.trial_id}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        storage = open_storage(spec)
+        self._log_handler = attach_log_file(
+            self.log, Path(storage.trial_log_path(spec.trial_id)), fmt=LOG_FORMAT
+        )
+        self._log_handler.addFilter(_RankFilter(lambda: self.dist.world.rank))
+        self.reporter = SinkReporter(spec=spec, sink=sink, control=self.control, log=self.log)
+        store: CheckpointStore = storage
+        self.checkpoints = CheckpointContext(
+            store=store,
+            trial_id=spec.trial_id,
+            restore_from=spec.restore_from,
+            scratch_dir=Path(spec.storage_root) / ".scratch" / f"worker-{os.getpid()}",
+        )
+        self.ctx = TrialContext(
+            hparams=spec.hparams,
+            trial_id=spec.trial_id,
+            experiment=spec.experiment_name,
+            seed=spec.seed,
+            distributed=self.dist,
+            reporting=self.reporter,
+            checkpoints=self.checkpoints,
+            log=self.log,
+            cache=cache,
+            membership=_Membership(self),
+            checkpoint_period=spec.checkpoint_period,
+        )
+        self.thread = threading.Thread(
+            target=self._main, name=f"resolute-trial-{spec.trial_id}", daemon=True
+        )
+
+    def _main(self) -> None:
+        outcome, error, kind, tb = "completed", None, None, None
+        try:
+            self.backend.setup(self.dist.world)
+            self.control.update(
+                phase="running", rank=self.dist.world.rank, generation=self.dist.world.generation
+            )
+            apply_seed(self.spec.seed, self.dist.world.rank)
+            self.fn(self.ctx)
+        except Released:
+            outcome = "released"
+            self.log.info("released from the group by a shrink")
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            outcome, error = "errored", f"{type(exc).__name__}: {exc}"
+            kind = "collective" if is_collective_failure(exc) else "user"
+            tb = traceback.format_exc()
+            self.log.error("train function failed:\n%s", tb)
+        finally:
+            self.reporter.close()
+            self.backend.teardown()
+            self.control.update(
+                phase="done",
+                outcome=outcome,
+                error=error,
+                error_kind=kind,
+                traceback=tb,
+                last_step=self.reporter.last_step,
+                checkpoint_uri=self.checkpoints.latest,
+            )
+
+    def close(self) -> None:
+        self.log.removeHandler(self._log_handler)
+        self._log_handler.close()
+
+
+class TrialWorker:
+    """Ray actor class; create it with ``worker_actor_class().options(...).remote()``."""
+
+    def __init__(self) -> None:
+        self._cache = WorkerCache()
+        self._run: _TrialRun | None = None
+        self._env_backup: dict[str, str | None] = {}
+        self._repr = "TrialWorker(idle)"
+        self.trials_started = 0
+
+    def __repr__(self) -> str:
+        return self._repr
+
+    # -- identity and warm-up ----------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        rc = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(),
+            "node_id": rc.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "trials_started": self.trials_started,
+            "cache_hits": self._cache.hits,
+            "cache_size": len(self._cache),
+        }
+
+    def warm(self, spec: TrialSpec) -> None:
+        """Import the entrypoint (failing fast with ``EntrypointError``) and run the module's
+        optional ``warmup(cache, hparams)`` hook, before this worker joins a group."""
+        fn, module = load_entrypoint(spec.entrypoint, spec.context_dir)
+        hook = getattr(module, "warmup", None)
+        if callable(hook):
+            hook(self._cache, dict(spec.hparams))
+
+    def rendezvous_info(self, *, world_size: int, generation: int) -> dict[str, Any]:
+        run = self._require_run()
+        return run.backend.rendezvous_info(world_size=world_size, generation=generation)
+
+    def prepare(self, spec: TrialSpec, world: WorldInfo, sink: Any) -> None:
+        """Build the trial's run (backend, context, log) without starting user code, so
+        that rank 0 can open the rendezvous before anyone calls ``setup``."""
+        if self._run is not None and self._run.thread.is_alive():
+            raise RuntimeError(
+                f"worker is still running trial {self._run.spec.trial_id}; finish() it first"
+            )
+        self._reset()
+        fn, _ = load_entrypoint(spec.entrypoint, spec.context_dir)
+        self._set_env(spec.env_vars)
+        self._run = _TrialRun(spec=spec, world=world, sink=sink, cache=self._cache, fn=fn)
+        self._repr = f"TrialWorker(trial={spec.trial_id}, hparams={spec.hparams})"
+
+    def launch(self, world: WorldInfo) -> None:
+        run = self._require_run()
+        run.dist.set_world(world)
+        run.control.update(generation=world.generation, rank=world.rank)
+        self.trials_started += 1
+        run.thread.start()
+
+    # -- control, from the group ---------------------------------------------------------
+
+    def poll(self, since: int, timeout_s: float) -> WorkerStatus:
+        run = self._run
+        if run is None:
+            return WorkerStatus()
+        return run.control.poll(since, timeout_s)
+
+    def set_target(self, until: float) -> None:
+        if self._run is not None:
+            self._run.control.set_target(until)
+
+    def request_stop(self, pause: bool) -> None:
+        if self._run is not None:
+            self._run.control.request_stop(pause=pause)
+
+    def announce_reform(self, generation: int, planned: bool) -> None:
+        if self._run is not None:
+            self._run.control.announce_reform(generation, planned=planned)
+
+    def give_world(self, world: WorldInfo) -> None:
+        self._require_run().control.give_world(world)
+
+    def release(self) -> None:
+        if self._run is not None:
+            self._run.control.release()
+
+    def abort(self) -> None:
+        if self._run is not None:
+            self._run.control.abort()
+
+    def finish(self, timeout_s: float = 30.0) -> bool:
+        """End this worker's part in its trial. True when the process is clean and may be
+        reused; False when user code is still running (the caller must kill the actor)."""
+        run = self._run
+        if run is not None and run.thread.is_alive():
+            run.control.request_stop(pause=False)
+            run.control.abort()
+            run.thread.join(timeout=timeout_s)
+            if run.thread.is_alive():
+                return False
+        self._reset()
+        return True
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _require_run(self) -> _TrialRun:
+        if self._run is None:
+            raise RuntimeError("no trial on this worker; call prepare() first")
+        return self._run
+
+    def _reset(self) -> None:
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        for key, old in self._env_backup.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._env_backup = {}
+        self._repr = "TrialWorker(idle)"
+
+    def _set_env(self, env: dict[str, str]) -> None:
+        for key, value in env.items():
+            self._env_backup.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+
+_module_stamps: dict[str, tuple[str, float]] = {}
+
+
+def load_entrypoint(entrypoint: str, context_dir: str) -> tuple[Callable[..., Any], ModuleType]:
+    """Import ``module:function`` with ``context_dir`` first on ``sys.path``.
+
+    A module already imported by an earlier trial is reused when it comes from the same
+    file, unchanged; otherwise it is imported afresh (another experiment's code, or an edit).
+    """
+    module_name, sep, fn_name = entrypoint.partition(":")
+    if not sep or not module_name or not fn_name:
+        raise EntrypointError(
+            f"entrypoint {entrypoint!r} must look like 'module:function' "
+            "(e.g. 'train:main' for main() in train.py)"
+        )
+    context = str(Path(context_dir).resolve())
+    if context not in sys.path:
+        sys.path.insert(0, context)
+    cached = sys.modules.get(module_name)
+    if cached is not None and not _fresh(module_name, cached, context):
+        for name in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise EntrypointError(
+            f"cannot import module {module_name!r} of entrypoint {entrypoint!r}: {exc}. "
+            f"Check that {module_name.replace('.', '/')}.py exists under context_dir "
+            f"{context_dir!r} and that its own imports are installed on the workers"
+        ) from exc
+    except Exception as exc:
+        raise EntrypointError(
+            f"importing {module_name!r} of entrypoint {entrypoint!r} raised "
+            f"{type(exc).__name__}: {exc}. Fix the module so it imports cleanly:\n"
+            + traceback.format_exc()
+        ) from exc
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        raise EntrypointError(
+            f"module {module_name!r} has no function {fn_name!r} (entrypoint {entrypoint!r}); "
+            f"check the name after ':' (the module defines: "
+            f"{sorted(n for n in vars(module) if not n.startswith('_'))[:20]})"
+        )
+    file = getattr(module, "__file__", None)
+    if file:
+        _module_stamps[module_name] = (file, os.path.getmtime(file))
+    return fn, module
+
+
+def _fresh(module_name: str, module: ModuleType, context: str) -> bool:
+    file = getattr(module, "__file__", None)
+    if not file or not str(Path(file).resolve()).startswith(context + os.sep):
+        return False
+    stamp = _module_stamps.get(module_name)
+    return stamp is not None and stamp == (file, os.path.getmtime(file))
+
+
+def worker_actor_class() -> Any:
+    """The Ray actor class for ``TrialWorker`` (built on demand so that importing this module
+    does not import Ray)."""
+    import ray
+
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = ray.remote(max_concurrency=MAX_CONCURRENCY)(TrialWorker)  # type: ignore[call-overload]
+    return _actor_class
+
+
+_actor_class: Any = None

@@ -1,0 +1,49 @@
+"""Helpers shared by the worker-group tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from resolute.elastic.spec import Report, TrialSpec
+
+
+class RecordingSink:
+    """A real actor standing in for the scheduler's ``on_reports``: it records every batch."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, Report]] = []
+
+    def on_reports(self, trial_id: int, reports: list[Report]) -> None:
+        self.reports.extend((trial_id, r) for r in reports)
+
+    def get(self, trial_id: int | None = None, kind: str | None = None) -> list[Report]:
+        return [
+            r
+            for t, r in self.reports
+            if (trial_id is None or t == trial_id) and (kind is None or r.kind == kind)
+        ]
+
+
+def trial_log(spec: TrialSpec) -> str:
+    from resolute.runtime.storage import ExperimentStorage
+
+    storage = ExperimentStorage(spec.storage_root, spec.experiment_id)
+    path = storage.trial_log_path(spec.trial_id)
+    return path.read_text() if path.exists() else ""
+
+
+async def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 60.0) -> Any:
+    """Await a condition that a remote actor makes true (polling its state)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,68 @@
+"""User training functions the elastic tests run on real workers (this directory is the
+trials' ``context_dir``). Plain ``train(ctx)`` functions, as a user would write them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def count_steps(ctx):
+    """Reports steps 1..hparams['steps'] (resuming after a checkpoint); on a stop request it
+    saves {'step': step} and returns."""
+    start = 0
+    ckpt = ctx.load_checkpoint()
+    if ckpt is not None:
+        start = int(ckpt["step"])
+        ctx.log.info("resumed from step %d", start)
+    for step in range(start + 1, int(ctx.hparams.get("steps", 10)) + 1):
+        ctx.report(step, {"loss": 1.0 / step, "world_size": float(ctx.world_size)})
+        if ctx.should_stop():
+            ctx.save_checkpoint({"step": step})
+            return
+
+
+def raise_error(ctx):
+    ctx.log.info("rank %d about to fail", ctx.rank)
+    if ctx.rank == ctx.world_size - 1:
+        raise ValueError("boom from user code")
+    ctx.distributed.barrier()
+
+
+def cache_probe(ctx):
+    """Reports this worker's pid and whether its dataset came from the worker cache."""
+    before = ctx.cache.misses
+    data = ctx.cache.get_or_create("dataset", lambda: list(range(1000)))
+    created = ctx.cache.misses > before
+    ctx.report(1, {"pid": float(os.getpid()), "cache_hit": 0.0 if created else 1.0, "n": len(data)})
+
+
+def ddp_one_step(ctx):
+    """One SGD step of a seeded linear model on this rank's half of a fixed global batch;
+    writes the resulting parameters to out_dir/rank<r>.pt."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ddp = ctx.prepare_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 4, generator=gen)
+    y = torch.randn(8, 3, generator=gen)
+    per_rank = 8 // ctx.world_size
+    xs = x[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+    ys = y[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+    loss = torch.nn.functional.mse_loss(ddp(xs), ys)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out = Path(ctx.hparams["out_dir"])
+    torch.save(
+        {k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}.pt"
+    )
+    ctx.report(1, {"loss": float(loss)})
+
+
+def warmup(cache, hparams):
+    """The module's warm-up hook: runs on every new worker before it joins a group."""
+    cache.get_or_create("warm-data", lambda: list(range(10)))
