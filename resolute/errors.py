@@ -51,3 +51,7 @@ class HorovodError(ResoluteError):
 class JournalError(ResoluteError):
     """The control-plane journal cannot be opened or written (bad URL, a schema from another
     resolute version, a locked or read-only database)."""
+
+
+class ResourcesUnavailable(ResoluteError):
+    """Workers could not be placed: the cluster lacks free slots of the needed shape."""
