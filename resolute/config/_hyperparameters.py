@@ -10,7 +10,7 @@ A mapping entry is one of:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, model_validator
 from typing_extensions import TypeAliasType
@@ -153,19 +153,23 @@ def _const_shorthand(value: Any) -> Any:
     return {"type": "const", "val": value}
 
 
-Hyperparameter = TypeAliasType(
-    "Hyperparameter",
-    Annotated[
-        Annotated[ConstSpec, Tag("const")]
-        | Annotated[IntSpec, Tag("int")]
-        | Annotated[DoubleSpec, Tag("double")]
-        | Annotated[LogSpec, Tag("log")]
-        | Annotated[CategoricalSpec, Tag("categorical")]
-        | Annotated[dict[HyperparameterName, "Hyperparameter"], Tag(GROUP_TAG)],
-        Discriminator(_kind),
-        BeforeValidator(_const_shorthand),
-    ],
-)
+if TYPE_CHECKING:
+    # mypy cannot follow the recursive alias below; to it, a group is a plain dict.
+    Hyperparameter = ParameterSpec | dict[str, Any]
+else:
+    Hyperparameter = TypeAliasType(
+        "Hyperparameter",
+        Annotated[
+            Annotated[ConstSpec, Tag("const")]
+            | Annotated[IntSpec, Tag("int")]
+            | Annotated[DoubleSpec, Tag("double")]
+            | Annotated[LogSpec, Tag("log")]
+            | Annotated[CategoricalSpec, Tag("categorical")]
+            | Annotated[dict[HyperparameterName, "Hyperparameter"], Tag(GROUP_TAG)],
+            Discriminator(_kind),
+            BeforeValidator(_const_shorthand),
+        ],
+    )
 """One entry of ``hyperparameters``: a parameter spec or a nested group of entries."""
 
 

@@ -301,7 +301,7 @@ def _unknown_key(where: _Located) -> tuple[str, str, list[PathPart]]:
                 f"Remove it, or set {field_name}: {owners[0]}.",
                 path,
             )
-    close = difflib.get_close_matches(key, own, n=2)
+    close = difflib.get_close_matches(key, own, n=1)
     close += [name for name in own if key in name and name not in close]
     if close:
         return f"{message}; did you mean {' or '.join(repr(c) for c in close[:3])}?", "", path

@@ -129,27 +129,16 @@ class CheckpointConfig(Section):
     keep: Literal["best", "latest", "all"] = Field(
         default="best", description="which checkpoints of a trial to keep"
     )
-    keep_count: StrictInt | None = Field(
-        default=None,
+    keep_count: StrictInt = Field(
+        default=1,
         ge=1,
-        description="the number of checkpoints per trial that 'best' or 'latest' keeps (default 1)",
+        description="the number of checkpoints per trial that 'best' or 'latest' keeps",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keep_count_default(cls, data: Any) -> Any:
-        # keep_count means nothing when every checkpoint is kept; elsewhere it defaults to 1.
-        if (
-            isinstance(data, dict)
-            and data.get("keep", "best") != "all"
-            and data.get("keep_count") is None
-        ):
-            return {**data, "keep_count": 1}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> CheckpointConfig:
-        if self.keep == "all" and self.keep_count is not None:
+        # keep_count: 1 (the default, also in stored copies) is harmless with keep: all.
+        if self.keep == "all" and self.keep_count != 1:
             raise_issues(
                 [
                     Issue(

@@ -80,8 +80,11 @@ def _syntax_problem(exc: yaml.MarkedYAMLError) -> str:
     )
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _key_of(node: yaml.Node, loader: _Loader) -> PathPart | None:
-    if not isinstance(node, yaml.ScalarNode):
+    if not isinstance(node, yaml.ScalarNode) or node.tag == _MERGE_TAG:
         return None
     key = loader.construct_object(node, deep=True)
     if isinstance(key, bool) or not isinstance(key, (str, int)):
@@ -98,7 +101,7 @@ def _find_duplicate_keys(
         seen: dict[PathPart, int] = {}
         for key_node, value_node in node.value:
             key = _key_of(key_node, loader)
-            if key is None or key_node.tag == "tag:yaml.org,2002:merge":
+            if key is None:
                 continue
             line = key_node.start_mark.line + 1
             if key in seen:
