@@ -87,10 +87,12 @@ verify() {
     local bindir
     bindir="$(dirname "$PYTHON")"
     if [[ -x "$bindir/horovodrun" ]]; then
-        "$bindir/horovodrun" --check-build >&2
-        "$bindir/horovodrun" --check-build | grep -q '\[X\] PyTorch' ||
+        local report
+        report="$("$bindir/horovodrun" --check-build)"
+        echo "$report" >&2
+        grep -q '\[X\] PyTorch' <<<"$report" ||
             die "horovodrun --check-build does not list PyTorch as built"
-        "$bindir/horovodrun" --check-build | grep -q '\[X\] Gloo' ||
+        grep -q '\[X\] Gloo' <<<"$report" ||
             die "horovodrun --check-build does not list Gloo as built"
     else
         log "horovodrun not found next to $PYTHON; skipped --check-build"
