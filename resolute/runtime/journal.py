@@ -443,7 +443,7 @@ class Journal:
     # --- checkpoints -----------------------------------------------------------------
 
     def record_checkpoint(
-        self, *, trial_id: int, uri: str, step: int, metric: float | None = None
+        self, trial_id: int, *, uri: str, step: int, metric: float | None = None
     ) -> None:
         """Journal a complete checkpoint and make it the trial's latest. Recording a uri
         again (a checkpoint saved again under the same name) replaces its row."""

@@ -167,7 +167,7 @@ def test_checkpoints_and_latest(journal: Journal) -> None:
     eid = _experiment(journal)
     tid = journal.create_trial(experiment_id=eid, searcher_trial_id=0, hparams={}, seed=0)
     for step in (100, 200, 300):
-        journal.record_checkpoint(trial_id=tid, uri=f"/ck/{step}", step=step, metric=1 / step)
+        journal.record_checkpoint(tid, uri=f"/ck/{step}", step=step, metric=1 / step)
     rec = journal.get_trial(tid)
     assert (rec.latest_checkpoint, rec.latest_checkpoint_step) == ("/ck/300", 300)
     assert [c.step for c in journal.list_checkpoints(tid)] == [100, 200, 300]
