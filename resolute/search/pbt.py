@@ -20,6 +20,11 @@ alive. Every other member gets ``Continue`` to the next generation's end. Clones
 ``max_trials`` are not created: a bottom member that cannot be replaced simply continues,
 and an exited member that cannot be replaced is dropped (the population shrinks).
 
+Reports sparser than ``perturb_every`` can carry members past the next generation's end:
+the next generation is then the first whose end lies beyond every live member's time (the
+passed ends are skipped), and if a member already reached max_time, exploitation stops and
+every member finishes (``Stop(FINISHED)`` at max_time, the others ``Continue`` to it).
+
 Slots. Clones are created first, so that no donor trains past its checkpoint before its
 clones exist: if there are fewer free slots than clones, the worst-ranked waiting members
 get ``Pause`` to make room (they, then the members already paused, resume in rank order as
@@ -253,8 +258,14 @@ class PbtSearcher(SearcherCore):
             budget = min(budget, self.max_trials - self._ledger.created)
         if not donors:
             budget = 0
+        # Reports sparser than perturb_every can carry a member past the next generation's
+        # end: the generations it has passed are skipped, so every target lies ahead.
+        ahead = max(self._ledger.get(t).time for t in self._members) if self._members else 0.0
+        later = [g for g in range(self._generation + 1, len(self.ends)) if self.ends[g] > ahead]
+        if not later:
+            return self._skip_to_the_end()
         actions: list[Action] = []
-        self._generation += 1
+        self._generation = later[0]
         until = self.ends[self._generation]
         clones: list[dict[str, Any]] = []
         for loser in replace[:budget]:
@@ -286,6 +297,25 @@ class PbtSearcher(SearcherCore):
         ]
         self._results, self._exited = [], []
         self._size = len(self._members) + len(clones)
+        return actions + self._fill()
+
+    def _skip_to_the_end(self) -> list[Action]:
+        """A member already reached max_time: no more exploitation, everyone finishes."""
+        self._generation = len(self.ends) - 1
+        ranks = dict(self._results)
+        self._results, self._exited = [], []
+        self._size = len(self._members)
+        actions: list[Action] = []
+        for t in list(self._members):
+            trial = self._ledger.get(t)
+            if trial.time >= self.max_time:
+                self._results.append((t, ranks.get(t, math.inf)))
+                self._members.remove(t)
+                actions.append(self._ledger.stop(t, StopReason.FINISHED))
+            elif trial.status is TrialStatus.WAITING:
+                actions.append(self._ledger.continue_(t, self.max_time))
+            else:
+                self._queue.append({"resume": t})
         return actions + self._fill()
 
     def _fill(self) -> list[Action]:
