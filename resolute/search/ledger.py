@@ -4,15 +4,13 @@ Every searcher keeps one ``Ledger`` and issues its actions through it, so the bo
 that ``base.py`` defines (what counts as active, what "reaching the target" means, which
 events are protocol violations) lives in one place.
 
-Trial lifecycle, as the searcher sees it::
+Trial lifecycle, as the searcher sees it:
 
-    create / continue          report at time >= until
-    ---------------> RUNNING ------------------------> WAITING
-                        ^  \\                          |  |  |
-                        |   \\ exit      continue     |  |  | pause
-                        |    v        <---------------+  |  v
-                        |  CLOSED <-------- stop --------+ PAUSED
-                        +------------------- continue ----------+
+- Create or Continue -> RUNNING (training towards ``until``);
+- RUNNING -> WAITING on a report with the searcher metric at time >= ``until``;
+- WAITING -> RUNNING (Continue), PAUSED (Pause) or CLOSED (Stop);
+- PAUSED -> RUNNING (Continue) or CLOSED (Stop);
+- any open state -> CLOSED when the trial exits on its own.
 
 RUNNING and WAITING trials are *active*: they count against ``max_concurrent_trials``.
 """
@@ -242,6 +240,11 @@ class Ledger:
             )
         else:
             return None
+        if not math.isfinite(time):
+            raise SearcherError(
+                f"trial {trial_id} reported time {time} ({time_metric or 'step'}); the time "
+                "metric must be a finite, growing counter such as epochs or samples seen"
+            )
         if trial.status is not TrialStatus.RUNNING:
             return None  # a late report from a trial that has already been decided on
         trial.time = max(trial.time, time)

@@ -401,3 +401,19 @@ def test_unknown_trial_and_missing_time_metric_are_protocol_errors() -> None:
     # the time metric, not the step, is the trial's time
     assert s.on_result(1, 50, {"loss": 0.1, "epoch": 0.5}) == []
     assert s.on_result(1, 51, {"loss": 0.1, "epoch": 1.0}) == [Continue(1, 4)]
+
+
+def test_a_non_finite_time_metric_is_a_protocol_error() -> None:
+    s = AshaSearcher(
+        space=SPACE,
+        metric="loss",
+        smaller_is_better=True,
+        max_trials=16,
+        max_concurrent_trials=2,
+        max_time=16,
+        time_metric="epoch",
+        rng=np.random.default_rng(0),
+    )
+    s.initial()
+    with pytest.raises(SearcherError, match="finite"):
+        s.on_result(1, 1, {"loss": 0.1, "epoch": math.nan})

@@ -261,3 +261,26 @@ def test_reports_before_the_generation_end_decide_nothing() -> None:
     assert 0.0 < s.progress() < 0.5
     assert s.on_result(1, 3, {"loss": 0.1}) == []  # a waiting member's report is ignored
     assert s.on_result(2, 2, {"loss": 0.1}) == []
+
+
+def test_a_report_past_the_next_generation_end_skips_the_ends_already_passed() -> None:
+    s = make(population=2, truncate_fraction=0.5, max_time=6)  # ends 2, 4, 6
+    s.initial()
+    # member 1's first report is at step 5: past the ends at 2 and 4
+    assert s.on_result(1, 5, {"loss": 0.1}) == []
+    out = s.on_result(2, 2, {"loss": 0.2})
+    # the next generation is the first ending beyond 5: the last one (6)
+    assert ids(out) == [("Stop", 2), ("Continue", 1), ("Create", 3)]
+    assert out[1] == Continue(1, 6)
+    assert (out[2].until, out[2].clone_from) == (6, 1)  # type: ignore[union-attr]
+    assert s.generation == 2 and s.lineage[0].donor_time == 5
+
+
+def test_a_member_already_at_max_time_ends_exploitation() -> None:
+    s = make(population=2, truncate_fraction=0.5, max_time=6)
+    s.initial()
+    assert s.on_result(1, 7, {"loss": 0.1}) == []
+    # member 1 is past max_time: it finishes, member 2 trains on to max_time, no clones
+    assert s.on_result(2, 2, {"loss": 0.2}) == [Stop(1, R.FINISHED), Continue(2, 6)]
+    assert s.on_result(2, 6, {"loss": 0.2}) == [Stop(2, R.FINISHED), Shutdown()]
+    assert s.lineage == []
