@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -61,8 +62,11 @@ def register(experiment: click.Group, trial: click.Group) -> None:
     @experiment.command("create")
     @click.argument("config_path", type=click.Path(dir_okay=False))
     @click.option("--follow/--detach", default=True, help="Stream progress until it ends.")
-    @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, "
-                  "else an embedded local Ray).")
+    @click.option(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).",
+    )
     def create(config_path: str, follow: bool, address: str | None) -> None:
         """Submit the experiment in CONFIG_PATH and (by default) follow it to the end."""
         from resolute.config import load_config
@@ -132,11 +136,11 @@ def register(experiment: click.Group, trial: click.Group) -> None:
                     [
                         e.id,
                         e.name,
-                        e.status,
+                        e.status.value,
                         f"{100 * (e.progress or 0):.0f}%",
                         e.best_trial_id,
                         e.best_metric,
-                        str(e.created_at)[:19],
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created_at)),
                     ]
                     for e in rows
                 ],
@@ -158,7 +162,7 @@ def register(experiment: click.Group, trial: click.Group) -> None:
         except NotFound as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        config = parse_config_yaml(exp.config_yaml)
+        config = parse_config_yaml(exp.config_yaml, check_paths=False)
         smaller = config.searcher.smaller_is_better
         trials = sorted(
             journal.list_trials(experiment_id),
@@ -170,7 +174,7 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             click.echo(json.dumps(out, indent=2, default=str))
             return
         click.echo(
-            f"experiment {exp.id}: {exp.name}  status {exp.status}  "
+            f"experiment {exp.id}: {exp.name}  status {exp.status.value}  "
             f"searcher {config.searcher.name}  metric {config.searcher.metric} "
             f"({'smaller' if smaller else 'larger'} is better)  seed {exp.seed}"
         )
@@ -181,7 +185,7 @@ def register(experiment: click.Group, trial: click.Group) -> None:
                 ["trial", "status", config.searcher.metric, "at step", "last step", "restarts"]
                 + hp_names,
                 [
-                    [t.id, t.status, t.best_metric, t.best_step, t.last_step, t.restarts]
+                    [t.id, t.status.value, t.best_metric, t.best_step, t.last_step, t.restarts]
                     + [_flat(t.hparams).get(k) for k in hp_names]
                     for t in trials
                 ],
@@ -203,7 +207,7 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         exp = journal.get_experiment(t.experiment_id)
-        click.echo(f"trial {t.id} of experiment {t.experiment_id} ({exp.name}): {t.status}")
+        click.echo(f"trial {t.id} of experiment {t.experiment_id} ({exp.name}): {t.status.value}")
         click.echo(f"  hparams: {json.dumps(t.hparams, sort_keys=True)}")
         click.echo(f"  seed {t.seed}  restarts {t.restarts}  last step {t.last_step}")
         click.echo(f"  best metric {_fmt(t.best_metric)} at step {_fmt(t.best_step)}")
@@ -211,7 +215,7 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             click.echo(f"  cloned from trial {t.clone_from}")
         if t.error:
             click.echo(f"  error: {t.error.strip().splitlines()[-1]}")
-        checkpoints = [c for c in journal.list_checkpoints(t.id) if not c.deleted]
+        checkpoints = journal.list_checkpoints(t.id)
         click.echo(f"  checkpoints ({len(checkpoints)}):")
         for c in checkpoints:
             click.echo(f"    step {c.step}  metric {_fmt(c.metric)}  {c.uri}")

@@ -134,11 +134,15 @@ def main() -> None:
         "dropout": args.dropout,
         "weight_decay": args.weight_decay,
         "batch_size": args.batch_size,
+        "max_epochs": args.epochs,
     }
-    ctx = local_context(hparams=hparams, metric="val_loss", until=args.epochs)
+    ctx = local_context(hparams)
     train(ctx)
-    last = ctx.reports[-1] if getattr(ctx, "reports", None) else None
-    print(f"done: {last}")
+    for report in ctx.local_reports:
+        print(
+            f"epoch {report.step:3d}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The CLI uses these; so can a notebook::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -127,8 +128,7 @@ def close(conn: Connection) -> None:
     import ray
 
     if conn.embedded and ray.is_initialized():
-        try:
+        # Shutting down anyway: a scheduler that does not answer must not keep Ray alive.
+        with contextlib.suppress(Exception):
             ray.get(conn.scheduler.shutdown.remote(), timeout=30)
-        except Exception:  # noqa: S110 - shutting down anyway
-            pass
         ray.shutdown()

@@ -19,6 +19,7 @@ from typing import Any
 
 from resolute.config import ExperimentConfig
 from resolute.elastic.spec import Report, TrialSpec
+from resolute.errors import EntrypointError, ResourcesUnavailable
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
 from resolute.runtime.searcher_actor import Event, ExitEvent, ResultEvent
@@ -38,7 +39,7 @@ from resolute.search.base import (
 
 log = logging.getLogger("resolute.scheduler")
 
-TERMINAL = {TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.ERRORED}
+TERMINAL = {TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.ERRORED, TrialStatus.KILLED}
 
 
 @dataclass
@@ -61,9 +62,12 @@ class TrialRun:
     best: float | None = None
     best_step: int | None = None
     queued: bool = False
+    waiting: bool = False  # at its target with no decision yet (holds its slots)
+    resume_pending: bool = False  # a Continue arrived while it was yielding its slots
     started_once: bool = False
     slots: int = 0
     history: list[str] = field(default_factory=list)
+    metric_at: dict[int, float] = field(default_factory=dict)  # step -> searcher metric
 
 
 class ExperimentRun:
@@ -120,11 +124,17 @@ class ExperimentRun:
             await self._apply(actions)
             await self._after_decisions()
 
-    async def _feed(self, events: list[Event]) -> None:
-        """Send events to the searcher and carry out what it answers (in order)."""
+    async def _feed(self, events: list[Event], at_target: set[int] | None = None) -> None:
+        """Send events to the searcher and carry out what it answers (in order).
+
+        ``at_target``: searcher ids of trials whose reports reached their target; those the
+        searcher leaves without an action now wait for a later decision."""
         if not events or self.searcher_done:
             return
         actions = await self._call("handle", events)
+        touched = {a.trial_id for a in actions if not isinstance(a, Shutdown)}
+        for sid in (at_target or set()) - touched:
+            self.trials[sid].waiting = True
         await self._apply(actions)
         await self._after_decisions()
 
@@ -139,6 +149,8 @@ class ExperimentRun:
     # ------------------------------------------------------------------ actions
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
+            if not isinstance(action, (Create, Shutdown)):
+                self.trials[action.trial_id].waiting = False
             if isinstance(action, Create):
                 self._create(action)
             elif isinstance(action, Continue):
@@ -182,17 +194,23 @@ class ExperimentRun:
         tr = self.trials[action.trial_id]
         tr.until = action.until
         self._decision(tr, f"continue until {action.until:g}")
-        if tr.status == TrialStatus.RUNNING and tr.group is not None and tr.request is None:
-            tr.group.set_target(action.until)
+        if tr.request == "yield":  # giving its slots back: resume once it has
+            tr.resume_pending = True
+        elif tr.slots and tr.request is None:
+            if tr.group is not None:  # else the group gets it once it has started
+                tr.group.set_target(action.until)
         elif tr.status == TrialStatus.PAUSED:
             self._enqueue(tr)
 
     def _pause(self, action: Pause) -> None:
         tr = self.trials[action.trial_id]
         self._decision(tr, "pause")
-        if tr.status == TrialStatus.RUNNING and tr.group is not None:
-            tr.request = "pause"
-            tr.group.request_stop(pause=True)
+        if tr.slots:  # running, or its group is starting (then told once it has started)
+            yielding, tr.request = tr.request == "yield", "pause"
+            if yielding:
+                return
+            if tr.group is not None:
+                tr.group.request_stop(pause=True)
         elif tr.queued:
             self._dequeue(tr)
 
@@ -200,9 +218,10 @@ class ExperimentRun:
         tr = self.trials[action.trial_id]
         tr.stop_reason = action.reason
         self._decision(tr, "stop" if action.reason == StopReason.EARLY_STOPPED else "finish")
-        if tr.status == TrialStatus.RUNNING and tr.group is not None:
-            tr.request = "stop"
-            tr.group.request_stop(pause=False)
+        if tr.slots:
+            yielding, tr.request = tr.request == "yield", "stop"
+            if tr.group is not None and not yielding:
+                tr.group.request_stop(pause=False)
             return
         if tr.queued:
             self._dequeue(tr)
@@ -233,19 +252,30 @@ class ExperimentRun:
         while self.queue:
             free = self._free_slots(self.config)
             if free < slots.min:
+                self._yield_waiting(len(self.queue))
                 return
             tr = self.queue.popleft()
             tr.queued = False
-            n = min(slots.max, free)
-            tr.slots = n
-            tr.status_before_start = tr.status  # type: ignore[attr-defined]
-            self._set_status(tr, TrialStatus.RUNNING)
-            task = asyncio.get_running_loop().create_task(self._run_trial(tr, n))
+            tr.slots = min(slots.max, free)  # counted as used while its group starts
+            task = asyncio.get_running_loop().create_task(self._run_trial(tr, tr.slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _yield_waiting(self, wanted: int) -> None:
+        """Trials waiting at their target for a decision hold slots that queued trials need
+        (PBT waits for its whole population): checkpoint them and give the slots back. They
+        resume from that checkpoint when the searcher says Continue."""
+        for tr in self.trials.values():
+            if wanted <= 0:
+                return
+            if tr.waiting and tr.group is not None and tr.request is None:
+                tr.request = "yield"
+                tr.group.request_stop(pause=True)
+                self._decision(tr, "yield slots while waiting")
+                wanted -= 1
+
     def used_slots(self) -> int:
-        return sum(tr.slots for tr in self.trials.values() if tr.group is not None or tr.slots)
+        return sum(tr.slots for tr in self.trials.values())
 
     def _spec(self, tr: TrialRun) -> TrialSpec:
         cfg = self.config
@@ -274,23 +304,53 @@ class ExperimentRun:
 
     async def _run_trial(self, tr: TrialRun, n: int) -> None:
         slots = self.config.resources.slots_per_trial
+        spec = self._spec(tr)
         try:
-            tr.group = await self._start_group(self._spec(tr), n, slots.max)
-            tr.started_once = True
-            if tr.request is not None:  # a stop/pause arrived while the group was starting
-                tr.group.request_stop(pause=tr.request == "pause")
-            outcome = await tr.group.wait()
-        except Exception as exc:  # the group could not start or crashed as a whole
-            log.exception("trial %s: worker group failed", tr.trial_id)
-            outcome = _FailedOutcome(error=f"{type(exc).__name__}: {exc}")
-        finally:
-            group, tr.group = tr.group, None
+            group = await self._start_group(spec, n, slots.max)
+        except ResourcesUnavailable as exc:
+            # The slots were promised by our count but Ray could not place them (a node went
+            # away, or another tenant took them): back to the queue, nothing lost.
+            log.warning("trial %s: %s; queued again", tr.trial_id, exc)
             tr.slots = 0
-            if group is not None:
+            async with self._lock:
+                self._enqueue(tr)
+                await asyncio.sleep(1.0)
+                self._on_change()
+            return
+        except EntrypointError as exc:
+            # Every trial would fail the same way: end the experiment now, with the reason.
+            tr.slots = 0
+            async with self._lock:
+                self.error = str(exc)
+                self._end_trial(tr, TrialStatus.ERRORED, error=str(exc))
+                await self._fail(str(exc))
+            return
+        except Exception as exc:
+            log.exception("trial %s: worker group failed to start", tr.trial_id)
+            outcome: Any = _FailedOutcome(error=f"{type(exc).__name__}: {exc}")
+        else:
+            tr.group = group
+            tr.started_once = True
+            self._set_status(tr, TrialStatus.RUNNING)
+            # Decisions that arrived while the group was starting.
+            if tr.request is not None:
+                group.request_stop(pause=tr.request == "pause")
+            elif tr.until != spec.until:
+                group.set_target(tr.until)
+            try:
+                outcome = await group.wait()
+            except Exception as exc:
+                log.exception("trial %s: worker group failed", tr.trial_id)
+                outcome = _FailedOutcome(error=f"{type(exc).__name__}: {exc}")
+            finally:
+                tr.group = None
                 try:
                     await group.shutdown()
                 except Exception:
                     log.exception("trial %s: shutting down its worker group", tr.trial_id)
+        tr.slots = 0
+        if getattr(outcome, "checkpoint_uri", None):
+            tr.latest_checkpoint = outcome.checkpoint_uri
         async with self._lock:
             await self._on_outcome(tr, outcome)
 
@@ -299,24 +359,36 @@ class ExperimentRun:
         request, tr.request = tr.request, None
         events: list[Event] = []
         if request == "kill":
-            self._end_trial(tr, TrialStatus.STOPPED)
+            self._end_trial(tr, TrialStatus.KILLED)
             events.append(ExitEvent(tr.searcher_id, ExitReason.KILLED))
         elif request == "pause" and status != "errored":
             self._set_status(tr, TrialStatus.PAUSED)
+        elif request == "yield" and status != "errored":
+            self._set_status(tr, TrialStatus.PAUSED)
+            tr.waiting = False
+            if tr.resume_pending:
+                tr.resume_pending = False
+                self._enqueue(tr)
         elif request == "stop" and status != "errored":
             done = tr.stop_reason == StopReason.FINISHED
             self._end_trial(tr, TrialStatus.COMPLETED if done else TrialStatus.STOPPED)
         elif status == "errored":
             error = getattr(outcome, "error", None) or "unknown error"
-            if tr.restarts < self.config.max_restarts and self.status == ExperimentStatus.ACTIVE:
-                tr.restarts += 1
+            counts = getattr(outcome, "counts_as_restart", True)
+            if self.status == ExperimentStatus.ACTIVE and (
+                not counts or tr.restarts < self.config.max_restarts
+            ):
+                # Lost workers or nodes do not use up max_restarts; a user exception does.
+                if counts:
+                    tr.restarts += 1
                 self.journal.update_trial(tr.trial_id, restarts=tr.restarts, error=error[:2000])
                 log.warning(
-                    "trial %s failed (%s); restart %d of %d from %s",
+                    "trial %s failed (%s); restart %d of %d (%s) from %s",
                     tr.trial_id,
                     error.splitlines()[-1] if error else "",
                     tr.restarts,
                     self.config.max_restarts,
+                    "counted" if counts else "workers lost, not counted",
                     tr.latest_checkpoint or "scratch",
                 )
                 if request == "pause":
@@ -324,8 +396,8 @@ class ExperimentRun:
                 elif request == "stop":
                     self._end_trial(tr, TrialStatus.STOPPED)
                 else:
-                    tr.status = TrialStatus.PAUSED  # re-queued below; RUNNING again on start
-                    self.journal.set_trial_status(tr.trial_id, TrialStatus.PAUSED)
+                    # Back to the queue; it is RUNNING again from its latest checkpoint.
+                    self._set_status(tr, TrialStatus.PAUSED)
                     self._enqueue(tr)
             else:
                 self._end_trial(tr, TrialStatus.ERRORED, error=error[:2000])
@@ -355,7 +427,7 @@ class ExperimentRun:
         if self.finished.is_set():
             return
         live = [t for t in self.trials.values() if t.status not in TERMINAL]
-        running = [t for t in live if t.status == TrialStatus.RUNNING or t.queued]
+        running = [t for t in live if t.status == TrialStatus.RUNNING or t.queued or t.slots]
         if self.status in (ExperimentStatus.STOPPED, ExperimentStatus.ERRORED):
             if not running:
                 self._finish(self.status)
@@ -368,6 +440,23 @@ class ExperimentRun:
             self.error = "the searcher stopped issuing work before finishing (searcher bug)"
             log.error("experiment %s: %s", self.id, self.error)
             self._finish(ExperimentStatus.ERRORED)
+
+    async def _fail(self, error: str) -> None:
+        """End the experiment as ERRORED: stop what runs, keep what was recorded."""
+        self.error = error
+        self.status = ExperimentStatus.ERRORED
+        self.searcher_done = True
+        for tr in list(self.queue):
+            self._dequeue(tr)
+        for tr in self.trials.values():
+            if tr.slots:
+                tr.request = "kill"
+                if tr.group is not None:
+                    tr.group.request_stop(pause=False)
+            elif tr.status not in TERMINAL:
+                self._end_trial(tr, TrialStatus.STOPPED)
+        self._check_finished()
+        self._on_change()
 
     def _finish(self, status: ExperimentStatus) -> None:
         self.status = status
@@ -392,19 +481,25 @@ class ExperimentRun:
         metric = self.config.searcher.metric
         smaller = self.config.searcher.smaller_is_better
         events: list[Event] = []
+        at_target: set[int] = set()
         for rep in reports:
             if rep.kind == "metrics":
                 tr.last_step = max(tr.last_step, rep.step)
                 self.tracker.log_metrics(tr.trial_id, rep.step, rep.metrics)
                 value = rep.metrics.get(metric)
-                if value is not None and not math.isnan(value):
-                    self._update_best(tr, float(value), rep.step, smaller)
+                if value is not None:
+                    tr.metric_at[rep.step] = float(value)
+                    self._label_checkpoint(tr, rep.step, float(value))
+                    if not math.isnan(value):
+                        self._update_best(tr, float(value), rep.step, smaller)
                 # Results of a trial that is winding down are not the searcher's business.
                 if tr.request is None and tr.status == TrialStatus.RUNNING:
                     events.append(ResultEvent(tr.searcher_id, rep.step, dict(rep.metrics)))
+                    if value is not None and rep.time >= tr.until:
+                        at_target.add(tr.searcher_id)
             elif rep.kind == "checkpoint" and rep.checkpoint_uri:
                 tr.latest_checkpoint = rep.checkpoint_uri
-                value = rep.metrics.get(metric)
+                value = rep.metrics.get(metric, tr.metric_at.get(rep.step))
                 self.journal.record_checkpoint(
                     tr.trial_id, uri=rep.checkpoint_uri, step=rep.step, metric=value
                 )
@@ -414,7 +509,7 @@ class ExperimentRun:
                 log.info("trial %s: %s", tr.trial_id, rep.message)
         self.journal.update_trial(tr.trial_id, last_step=tr.last_step)
         async with self._lock:
-            await self._feed(events)
+            await self._feed(events, at_target)
 
     def _update_best(self, tr: TrialRun, value: float, step: int, smaller: bool) -> None:
         score = rank_value(value, smaller_is_better=smaller)
@@ -422,9 +517,24 @@ class ExperimentRun:
             tr.best, tr.best_step = value, step
             self.journal.update_trial(tr.trial_id, best_metric=value, best_step=step)
         best = self.best_trial
-        if best is None or best.best is None or score < rank_value(best.best, smaller_is_better=smaller):
+        if (
+            best is None
+            or best.best is None
+            or score < rank_value(best.best, smaller_is_better=smaller)
+        ):
             self.best_trial = tr
             self.journal.update_experiment(self.id, best_trial_id=tr.trial_id, best_metric=value)
+
+    def _label_checkpoint(self, tr: TrialRun, step: int, value: float) -> None:
+        """A checkpoint saved just before the report of its step gets that step's metric
+        (the keep=best policy ranks checkpoints by it)."""
+        uri = tr.latest_checkpoint
+        if uri is None:
+            return
+        for ckpt in self.journal.list_checkpoints(tr.trial_id)[-1:]:
+            if ckpt.uri == uri and ckpt.step == step and ckpt.metric is None:
+                self.journal.record_checkpoint(tr.trial_id, uri=uri, step=step, metric=value)
+                self._gc_checkpoints(tr)
 
     def _gc_checkpoints(self, tr: TrialRun) -> None:
         """Apply the keep policy: latest N, best N (by the metric at checkpoint time), or all.
@@ -433,7 +543,7 @@ class ExperimentRun:
         policy = self.config.checkpoint
         if policy.keep == "all":
             return
-        live = [c for c in self.journal.list_checkpoints(tr.trial_id) if not c.deleted]
+        live = self.journal.list_checkpoints(tr.trial_id)
         if len(live) <= policy.keep_count:
             return
         smaller = self.config.searcher.smaller_is_better
@@ -464,11 +574,12 @@ class ExperimentRun:
             for tr in list(self.queue):
                 self._dequeue(tr)
             for tr in self.trials.values():
-                if tr.status == TrialStatus.RUNNING and tr.group is not None:
+                if tr.slots:
                     tr.request = "kill"
-                    tr.group.request_stop(pause=False)
+                    if tr.group is not None:
+                        tr.group.request_stop(pause=False)
                 elif tr.status not in TERMINAL:
-                    self._end_trial(tr, TrialStatus.STOPPED)
+                    self._end_trial(tr, TrialStatus.KILLED)
             self._check_finished()
             self._on_change()
 

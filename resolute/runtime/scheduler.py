@@ -8,6 +8,7 @@ Named ``scheduler`` in the ``resolute`` namespace so that the dashboard and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -187,10 +188,8 @@ class SchedulerCore:
 
     async def wait(self, experiment_id: int, timeout: float) -> dict[str, Any]:
         exp = self._get(experiment_id)
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(exp.finished.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         return exp.summary()
 
     async def kill(self, experiment_id: int) -> dict[str, Any]:
@@ -215,7 +214,9 @@ class Scheduler:
     def __init__(self, journal_url: str | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         handle = ray.get_runtime_context().current_actor
-        self.core = SchedulerCore(journal_url=journal_url or default_journal_url(), self_handle=handle)
+        self.core = SchedulerCore(
+            journal_url=journal_url or default_journal_url(), self_handle=handle
+        )
 
     async def submit(self, config: ExperimentConfig) -> int:
         return await self.core.submit(config)
