@@ -48,7 +48,7 @@ class ExperimentConfig(Section):
     name: StrictStr = Field(
         min_length=1, description="the experiment's name, shown in MLflow and the CLI"
     )
-    description: StrictStr = Field(default="", description="free text about the experiment")
+    description: StrictStr = Field(default="", description="a free-text note about the experiment")
     labels: tuple[StrictStr, ...] = Field(
         default=(), description="a list of tags to find the experiment by"
     )
@@ -64,7 +64,7 @@ class ExperimentConfig(Section):
     )
     searcher: SearcherConfig = Field(description="the search algorithm and its settings")
     resources: ResourcesConfig = Field(
-        default_factory=ResourcesConfig, description="what each trial uses"
+        default_factory=ResourcesConfig, description="the resources each trial uses"
     )
     max_restarts: StrictInt = Field(
         default=5,
@@ -86,11 +86,11 @@ class ExperimentConfig(Section):
         description="the experiment seed (none: one is drawn at submit time)",
     )
     tracking: TrackingConfig = Field(
-        default_factory=TrackingConfig, description="MLflow and TensorBoard"
+        default_factory=TrackingConfig, description="the MLflow and TensorBoard settings"
     )
     environment: EnvironmentConfig = Field(
         default_factory=EnvironmentConfig,
-        description="pip packages, environment variables, upload excludes",
+        description="the trials' pip packages, environment variables and upload excludes",
     )
 
     # ------------------------------------------------------------------ validation

@@ -250,6 +250,8 @@ def _explain(error: ErrorDetails, where: _Located) -> tuple[str, str, list[PathP
             hint = f"Write a list: [{value}]."
         if kind == "model_attributes_type" and path == ["searcher"]:
             hint = "Write it as a mapping: searcher: {name: asha, metric: val_loss, max_trials: 16, max_time: 64}."
+        elif where.key == "slots_per_trial":
+            hint = "Write a number of slots, or {min: N, max: M} for an elastic trial."
         elif kind in ("model_attributes_type", "dict_type", "model_type"):
             hint = "Write it as a block of indented 'key: value' lines."
         return f"expected {_EXPECTED[kind]}, got {_show(value)}", hint, path

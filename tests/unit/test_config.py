@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -491,6 +492,68 @@ def test_any_valid_space_round_trips_and_keeps_its_leaves(tree: dict[str, Any]) 
     assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
 
 
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 100), st.floats(allow_nan=True), st.text(max_size=8)
+)
+_junk = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers(0, 3)), children, max_size=3),
+    ),
+    max_leaves=8,
+)
+_searcher_names = st.sampled_from(["single", "random", "grid", "asha", "pbt", "nope"])
+_searcher_keys = st.sampled_from(
+    [
+        "metric",
+        "max_trials",
+        "max_time",
+        "divisor",
+        "population_size",
+        "perturb_every",
+        "mode",
+        "typo",
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    top=st.dictionaries(
+        st.sampled_from(
+            [
+                "name",
+                "entrypoint",
+                "labels",
+                "resources",
+                "checkpoint",
+                "storage",
+                "seed",
+                "tracking",
+                "environment",
+                "hyperparameters",
+                "junk",
+            ]
+        ),
+        _junk,
+        max_size=6,
+    ),
+    searcher_name=_searcher_names,
+    searcher=st.dictionaries(_searcher_keys, st.one_of(_scalars, st.integers(1, 64)), max_size=6),
+)
+def test_any_input_gives_a_config_or_a_config_error(
+    top: dict[str, Any], searcher_name: str, searcher: dict[str, Any]
+) -> None:
+    data = {**top, "searcher": {"name": searcher_name, **searcher}}
+    try:
+        parse_config(data, context_dir="/", check_paths=False)
+    except ConfigError as exc:
+        assert exc.problems
+        for text in exc.problems:
+            assert isinstance(text, str) and ": " in text
+
+
 # ---------------------------------------------------------------------- views
 
 
@@ -595,6 +658,11 @@ def test_full_config_round_trips_as_plain_data(tmp_path: Path) -> None:
     assert data["hyperparameters"]["momentum"] == {"type": "const", "val": 0.9}
     assert parse_config(data) == cfg
     assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_config_pickles_for_shipping_to_actors(tmp_path: Path) -> None:
+    cfg = full_config(tmp_path)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 
 def test_stored_copy_reads_where_its_context_dir_does_not_exist(tmp_path: Path) -> None:
