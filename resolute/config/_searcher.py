@@ -175,21 +175,6 @@ class PbtSearcherConfig(_SearcherBase):
                     "or shrink the population.",
                 )
             )
-        if (
-            self.max_concurrent_trials is not None
-            and self.max_concurrent_trials < self.population_size
-        ):
-            # Members wait at each round's end for the rest of the population, holding their
-            # slots: members that cannot start would never arrive.
-            issues.append(
-                Issue(
-                    ("max_concurrent_trials",),
-                    f"max_concurrent_trials ({self.max_concurrent_trials}) is smaller than "
-                    f"population_size ({self.population_size}): the population must train side by side",
-                    f"Raise max_concurrent_trials to {self.population_size} or remove it, or shrink "
-                    "the population.",
-                )
-            )
         if self.perturb_every > self.max_time:
             issues.append(
                 Issue(

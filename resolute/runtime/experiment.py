@@ -231,7 +231,9 @@ class ExperimentRun:
     def _decision(self, tr: TrialRun, what: str) -> None:
         tr.history.append(what)
         step = max(tr.last_step, 0)
-        self.tracker.set_trial_tags(tr.trial_id, {f"decision.step_{step}": what})
+        # One tag per decision, in order (a step can see several: pause, then continue).
+        tag = f"decision.{len(tr.history):03d}"
+        self.tracker.set_trial_tags(tr.trial_id, {tag: f"step {step}: {what}"})
 
     # --------------------------------------------------------------- scheduling
     def _enqueue(self, tr: TrialRun) -> None:

@@ -204,7 +204,9 @@ class SchedulerCore:
         for exp in self.experiments.values():
             if not exp.finished.is_set():
                 await exp.kill()
-        await self.pool.shutdown()
+        for exp in self.experiments.values():
+            exp.tracker.close()
+        await self.pool.close()
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
