@@ -16,15 +16,18 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from typing import Any
 
 from resolute.elastic.backends.base import WorldInfo
 from resolute.errors import HorovodError
 
 _INSTALL_HINT = "build and install it with scripts/build-horovod.sh"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 30.0
 
 # Set by us on every setup; cleared on teardown so a later torch backend in the same
 # process does not inherit a stale Horovod world.
@@ -42,6 +45,20 @@ _WORLD_ENV = (
     "HOROVOD_CROSS_SIZE",
     "HOROVOD_GLOO_TIMEOUT_SECONDS",
 )
+
+
+# One rendezvous server per process, shared by every generation and every trial this worker
+# runs: its serving thread would otherwise outlive each backend object (one leaked thread
+# and port per trial on a reused worker). Cleared per generation by rendezvous_info.
+_server_lock = threading.Lock()
+_server: Any = None  # horovod.runner.http.http_server.RendezvousServer
+_server_port: int | None = None
+
+# Every DistributedOptimizer wrapper this process made, by the optimizer it wraps: calling
+# prepare_optimizer again (each generation, say) must not stack a second set of gradient
+# hooks on the same parameters.
+_wrappers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_live_wrappers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _import_hvd() -> Any:
@@ -125,16 +142,80 @@ class _KV:
             delay = min(delay * 2, 0.2)
 
 
-def _cross_layout(world: WorldInfo, kv: _KV) -> tuple[int, int]:
-    """(cross_rank, cross_size) for this rank: its index among the ranks that share its
-    local_rank, across nodes. Nodes may hold different numbers of ranks, so this needs
-    every rank's (node_rank, local_rank): they are exchanged through the rendezvous server."""
-    if world.num_nodes == 1:
-        return 0, 1
-    scope = f"resolute_layout_g{world.generation}"
+def _rendezvous_server(verbose: bool) -> tuple[Any, int]:
+    global _server, _server_port
+    with _server_lock:
+        if _server is None:
+            from horovod.runner.http.http_server import RendezvousServer
+
+            server = RendezvousServer(verbose=int(verbose))
+            _server_port = int(server.start())
+            _server = server
+        assert _server_port is not None
+        return _server, _server_port
+
+
+def stop_rendezvous_server() -> None:
+    """Stop this process's rendezvous server, if it runs (a worker being retired)."""
+    global _server, _server_port
+    with _server_lock:
+        if _server is not None:
+            _server.stop()
+        _server, _server_port = None, None
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True when ``exc`` is Horovod reporting that a collective failed (a peer left or the
+    world was shut down under it): the group may re-form. Anything else is user code."""
+    try:
+        from horovod.common.exceptions import HorovodInternalError
+    except ImportError:
+        return False
+    return isinstance(exc, HorovodInternalError)
+
+
+def _is_horovod_wrapper(optimizer: Any) -> bool:
+    # hvd.DistributedOptimizer builds a new class from the optimizer's own class and
+    # _DistributedOptimizer's methods; it is not a subclass of _DistributedOptimizer.
+    from horovod.torch.optimizer import _DistributedOptimizer
+
+    step = type(optimizer).__dict__.get("synchronize")
+    return optimizer in _live_wrappers or step is _DistributedOptimizer.__dict__["synchronize"]
+
+
+def _reset_pending_allreduces(optimizer: Any) -> None:
+    """Forget gradient allreduces started in a world that is gone (a peer died mid-backward):
+    Horovod's ``zero_grad`` refuses to run while any is pending. Same reset as the wrapper's
+    own ``load_state_dict``."""
+    optimizer._handles = {}
+    optimizer._synchronized = False
+    optimizer._should_synchronize = True
+    for p in optimizer._allreduce_delay:
+        optimizer._allreduce_delay[p] = optimizer.backward_passes_per_step
+
+
+def _gather_layout(world: WorldInfo, kv: _KV) -> tuple[int, int]:
+    """Wait until every rank of ``world`` has arrived; return this rank's
+    (cross_rank, cross_size): its index among the ranks sharing its local_rank across nodes
+    (nodes may hold different numbers of ranks, so it takes everyone's placement).
+
+    Arrival is awaited here, under ``world.timeout_s``, rather than inside ``hvd.init``:
+    Horovod's one Gloo timeout bounds both its rendezvous and every later collective, and
+    it should be short so that a dead peer is noticed quickly. Rank 0 gathers and publishes
+    the layout, so the server sees O(world_size) requests, not O(world_size^2)."""
+    scope = f"resolute_g{world.generation}"
     kv.put(scope, str(world.rank), [world.node_rank, world.local_rank])
     deadline = time.monotonic() + world.timeout_s
-    layout = [kv.wait_get(scope, str(r), deadline=deadline) for r in range(world.world_size)]
+    if world.rank == 0:
+        layout = [kv.wait_get(scope, str(r), deadline=deadline) for r in range(world.world_size)]
+        kv.put(scope, "layout", layout)
+    else:
+        layout = kv.wait_get(scope, "layout", deadline=deadline)
+    if len(layout) != world.world_size:
+        raise HorovodError(
+            f"rendezvous layout has {len(layout)} ranks, expected {world.world_size}: two "
+            f"groups share generation {world.generation} on one server; re-form the group"
+        )
     peers = sorted(node for node, local in layout if local == world.local_rank)
     return peers.index(world.node_rank), len(peers)
 
@@ -144,10 +225,17 @@ class HorovodBackend:
 
     name = "horovod"
 
-    def __init__(self, *, verbose: bool = False) -> None:
+    def __init__(self, *, collective_timeout_s: float | None = None, verbose: bool = False) -> None:
+        """``collective_timeout_s`` bounds how long a collective waits on a silent peer, so
+        it is how fast a lost rank is noticed (default: $RESOLUTE_HOROVOD_TIMEOUT_S or 30).
+        Horovod's background threads exchange messages every few milliseconds even while
+        user code is busy or blocked, so only a dead or frozen process trips it."""
+        if collective_timeout_s is None:
+            collective_timeout_s = float(
+                os.environ.get("RESOLUTE_HOROVOD_TIMEOUT_S", DEFAULT_COLLECTIVE_TIMEOUT_S)
+            )
+        self._collective_timeout_s = collective_timeout_s
         self._verbose = verbose
-        self._server: Any = None  # horovod.runner.http.http_server.RendezvousServer
-        self._server_addr: tuple[str, int] | None = None
         self._world: WorldInfo | None = None
         self._hvd: Any = None
         self._iface_set_by_us = False  # a user's HOROVOD_GLOO_IFACE is theirs to keep
@@ -158,20 +246,17 @@ class HorovodBackend:
         if world_size < 1:
             raise HorovodError(f"world_size must be at least 1, got {world_size}")
         _import_hvd()  # fail here, on rank 0, before any rank waits on a server
-        from horovod.runner.http.http_server import RendezvousServer
-
-        if self._server is None:
-            server = RendezvousServer(verbose=int(self._verbose))
-            port = server.start()
-            self._server = server
-            self._server_addr = (_node_ip(), int(port))
+        server, port = _rendezvous_server(self._verbose)
         # A fresh generation starts from an empty store: keys left by an earlier, possibly
         # aborted, rendezvous must not be read as this one's. Scopes are left "ad hoc" (no
         # host plan), so the server drops each key as its rank finishes connecting.
-        self._server.init([])
-        assert self._server_addr is not None
-        addr, port = self._server_addr
-        return {"addr": addr, "port": port, "world_size": world_size, "generation": generation}
+        server.init([])
+        return {
+            "addr": _node_ip(),
+            "port": port,
+            "world_size": world_size,
+            "generation": generation,
+        }
 
     def setup(self, world: WorldInfo) -> None:
         hvd = _import_hvd()
@@ -185,11 +270,6 @@ class HorovodBackend:
                 f"rendezvous info {world.rendezvous!r} lacks addr/port; pass rank 0's "
                 f"HorovodBackend.rendezvous_info() result as WorldInfo.rendezvous"
             ) from exc
-        if self._server is not None and self._server_addr != (addr, port):
-            # This process served an earlier generation but another rank 0 serves this one.
-            self._server.stop()
-            self._server = None
-            self._server_addr = None
         if world.use_gpu and not hvd.nccl_built():
             raise HorovodError(
                 "use_gpu is set but this Horovod build has no NCCL (scripts/build-horovod.sh "
@@ -197,7 +277,7 @@ class HorovodBackend:
                 "machine, or use backend: torch for GPU trials"
             )
 
-        cross_rank, cross_size = _cross_layout(world, _KV(addr, port))
+        cross_rank, cross_size = _gather_layout(world, _KV(addr, port))
         env = {
             "HOROVOD_GLOO_RENDEZVOUS_ADDR": addr,
             "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
@@ -212,7 +292,7 @@ class HorovodBackend:
             "HOROVOD_LOCAL_SIZE": str(world.local_world_size),
             "HOROVOD_CROSS_RANK": str(cross_rank),
             "HOROVOD_CROSS_SIZE": str(cross_size),
-            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(max(1, math.ceil(world.timeout_s))),
+            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(max(1, math.ceil(self._collective_timeout_s))),
         }
         os.environ.update(env)
         # Elastic mode would make hvd.init() ask a Horovod elastic driver for its rank.
@@ -234,7 +314,9 @@ class HorovodBackend:
         if world.use_gpu:
             import torch
 
-            torch.cuda.set_device(world.local_rank % max(1, torch.cuda.device_count()))
+            torch.cuda.set_device(self.device_for(world))
+        for wrapper in list(_live_wrappers):
+            _reset_pending_allreduces(wrapper)
         self._hvd = hvd
         self._world = world
 
@@ -249,13 +331,9 @@ class HorovodBackend:
             os.environ.pop("HOROVOD_GLOO_IFACE", None)
             self._iface_set_by_us = False
 
-    def close(self) -> None:
-        """Leave the world and stop this process's rendezvous server (trial end)."""
-        self.teardown()
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-            self._server_addr = None
+    @staticmethod
+    def is_collective_failure(exc: BaseException) -> bool:
+        return is_collective_failure(exc)
 
     # --- training helpers -------------------------------------------------------------------
 
@@ -266,54 +344,77 @@ class HorovodBackend:
             )
         return self._hvd
 
+    @staticmethod
+    def device_for(world: WorldInfo) -> Any:
+        import torch
+
+        if not (world.use_gpu and torch.cuda.is_available()):
+            return torch.device("cpu")
+        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES: the slot's GPU is cuda:0.
+        return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+
     def prepare_model(self, model: Any) -> Any:
         """Move the model to this rank's device and make every rank start from rank 0's
-        parameters and buffers."""
+        parameters and buffers. Unlike DDP the model is not wrapped: gradients are averaged
+        by the optimizer that ``prepare_optimizer`` returns."""
         hvd = self._require_world()
         assert self._world is not None
-        if self._world.use_gpu:
-            import torch
-
-            model = model.to(torch.device("cuda", torch.cuda.current_device()))
+        model = model.to(self.device_for(self._world))
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         return model
 
     def prepare_optimizer(self, optimizer: Any, model: Any) -> Any:
-        """Wrap in ``hvd.DistributedOptimizer`` (gradients averaged over ranks) and sync
-        parameters and optimizer state from rank 0. An already wrapped optimizer (a
-        re-formation) is not wrapped again: its hooks survive ``hvd.shutdown``/``init``."""
-        hvd = self._require_world()
-        from horovod.torch.optimizer import _DistributedOptimizer
+        """Return ``hvd.DistributedOptimizer`` over ``optimizer`` (gradients averaged over
+        ranks in ``step``), with parameters and optimizer state synced from rank 0.
 
-        if not isinstance(optimizer, _DistributedOptimizer):
-            optimizer = hvd.DistributedOptimizer(
-                optimizer, named_parameters=model.named_parameters()
-            )
+        Call it once, before ``ctx.elastic_state(optimizer=...)``, and use what it returns:
+        the wrapper holds its own optimizer state. It survives re-formations; calling this
+        again with the same optimizer or the wrapper returns the same wrapper, re-synced."""
+        hvd = self._require_world()
+        wrapper = optimizer if _is_horovod_wrapper(optimizer) else _wrappers.get(optimizer)
+        if wrapper is None:
+            # Horovod registers its gradient hooks only when size() > 1 or in elastic mode;
+            # a group that starts with one rank and grows later needs them from the start.
+            previous = os.environ.get("HOROVOD_ELASTIC")
+            os.environ["HOROVOD_ELASTIC"] = "1"
+            try:
+                wrapper = hvd.DistributedOptimizer(
+                    optimizer, named_parameters=model.named_parameters()
+                )
+            finally:
+                if previous is None:
+                    os.environ.pop("HOROVOD_ELASTIC", None)
+                else:
+                    os.environ["HOROVOD_ELASTIC"] = previous
+            _wrappers[optimizer] = wrapper
+            _live_wrappers.add(wrapper)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        return optimizer
+        hvd.broadcast_optimizer_state(wrapper, root_rank=0)
+        return wrapper
 
     def prepare_loader(
         self, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, **kwargs: Any
     ) -> Any:
-        """A DataLoader over this rank's shard; ``batch_size`` is per rank. ``drop_last``
-        applies to both the sampler and the loader; other kwargs go to the DataLoader."""
+        """This rank's shard, as the torch backend gives it: ``batch_size`` is per rank,
+        ``drop_last`` goes to the sampler, each ``iter()`` starts the next epoch."""
         hvd = self._require_world()
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
 
-        drop_last = bool(kwargs.pop("drop_last", False))
+        from resolute.elastic.backends.torch import DistributedLoader
+
         sampler: DistributedSampler[Any] = DistributedSampler(
             dataset,
             num_replicas=hvd.size(),
             rank=hvd.rank(),
             shuffle=shuffle,
             seed=seed,
-            drop_last=drop_last,
+            drop_last=bool(kwargs.pop("drop_last", False)),
         )
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs
+        loader: DataLoader[Any] = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, **kwargs
         )
+        return DistributedLoader(loader, sampler)
 
     def broadcast_object(self, obj: Any, *, src: int = 0) -> Any:
         hvd = self._require_world()
@@ -322,11 +423,17 @@ class HorovodBackend:
     def barrier(self) -> None:
         self._require_world().barrier()
 
-    # --- introspection used by tests and the worker -----------------------------------------
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average scalar metrics over ranks (one collective for the whole dict)."""
+        hvd = self._require_world()
+        if not values:
+            return {}
+        import torch
 
-    @property
-    def world(self) -> WorldInfo | None:
-        return self._world
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        mean = hvd.allreduce(tensor, op=hvd.Average, name="resolute.all_reduce_mean")
+        return {k: float(v) for k, v in zip(keys, mean.tolist(), strict=True)}
 
     def allreduce(self, value: Any, *, average: bool = True) -> Any:
         """Allreduce a tensor over the world (sum, or mean when ``average``)."""

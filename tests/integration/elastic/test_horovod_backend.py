@@ -5,6 +5,7 @@ matches one process training on the global batch."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -29,7 +30,15 @@ RAY_TIMEOUT_S = 120
 # real mismatch (a missed average or a wrong shard is off by >1e-3).
 EQUIVALENCE_ATOL = 1e-10
 LR = 0.1
+LOST_PEER_TIMEOUT_S = 5.0  # Horovod's Gloo timeout: how long survivors wait on a dead peer
 MOMENTUM = 0.9
+
+
+def _get(refs: Any) -> Any:
+    """ray.get that fails a test instead of hanging it (a rank stuck in a collective)."""
+    import ray
+
+    return ray.get(refs, timeout=RAY_TIMEOUT_S)
 
 
 def _make_model(seed: int) -> Any:
@@ -54,7 +63,7 @@ class _Rank:
     """A worker process holding one HorovodBackend, as the worker actor would."""
 
     def __init__(self) -> None:
-        self.backend = HorovodBackend()
+        self.backend = HorovodBackend(collective_timeout_s=LOST_PEER_TIMEOUT_S)
 
     def rendezvous_info(self, world_size: int, generation: int) -> dict[str, Any]:
         return self.backend.rendezvous_info(world_size=world_size, generation=generation)
@@ -113,6 +122,49 @@ class _Rank:
             "targets_seen": seen,
         }
 
+    def build(self, init_seed: int) -> None:
+        """A model and its prepared optimizer that live across re-formations, as in an
+        elastic trial."""
+        import torch
+
+        self.model = self.backend.prepare_model(_make_model(init_seed))
+        opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.opt = self.backend.prepare_optimizer(opt, self.model)
+
+    def reprepare(self) -> bool:
+        """prepare_* again in a new world; True when the same wrapper came back."""
+        self.model = self.backend.prepare_model(self.model)
+        again = self.backend.prepare_optimizer(self.opt, self.model)
+        same = again is self.opt
+        self.opt = again
+        return same
+
+    def step_on(self, batch: slice) -> list[Any]:
+        import torch
+
+        x, y = _make_dataset().tensors
+        self.opt.zero_grad()
+        torch.nn.functional.mse_loss(self.model(x[batch]), y[batch]).backward()
+        self.opt.step()
+        return [p.detach().clone() for p in self.model.parameters()]
+
+    def mean_metrics(self, values: dict[str, float]) -> dict[str, float]:
+        return self.backend.all_reduce_mean(values)
+
+    def allreduce_expecting_failure(self) -> tuple[bool, str]:
+        import torch
+
+        from resolute.elastic.backends.horovod import is_collective_failure
+
+        try:
+            self.backend.allreduce(torch.ones(1))
+        except Exception as exc:
+            # Leave at once, as the worker does: closing our side is what lets a peer that
+            # waits on us (not on the dead rank) fail fast too.
+            self.backend.teardown()
+            return is_collective_failure(exc), f"{type(exc).__name__}: {exc}"
+        return False, "allreduce succeeded without its peer"
+
     def shard(self, shuffle: bool, seed: int) -> list[int]:
         import torch
 
@@ -160,7 +212,7 @@ def _form(
     """Form a world of ``members`` (index = rank) the way a worker group does: rank 0's
     rendezvous_info first, then setup on every rank concurrently."""
     size = len(members)
-    info = ray.get(members[0].rendezvous_info.remote(size, generation), timeout=RAY_TIMEOUT_S)
+    info = _get(members[0].rendezvous_info.remote(size, generation))
     node_of = node_of or [0] * size
     num_nodes = len(set(node_of))
     worlds = []
@@ -179,14 +231,11 @@ def _form(
                 timeout_s=60.0,
             )
         )
-    return ray.get(
-        [m.setup.remote(w) for m, w in zip(members, worlds, strict=True)],
-        timeout=RAY_TIMEOUT_S,
-    )
+    return _get([m.setup.remote(w) for m, w in zip(members, worlds, strict=True)])
 
 
 def _teardown(ray: Any, members: list[Any]) -> None:
-    ray.get([m.teardown.remote() for m in members], timeout=RAY_TIMEOUT_S)
+    _get([m.teardown.remote() for m in members])
 
 
 def test_world_forms_then_reforms_at_new_sizes_in_same_processes(ray_local, make_ranks):
@@ -195,7 +244,7 @@ def test_world_forms_then_reforms_at_new_sizes_in_same_processes(ray_local, make
 
     gen0 = _form(ray, [a, b], generation=0)
     assert [(s["rank"], s["size"]) for s in gen0] == [(0, 2), (1, 2)]
-    assert ray.get([m.allreduce_sum.remote(r + 1.0) for r, m in enumerate([a, b])]) == [3.0, 3.0]
+    assert _get([m.allreduce_sum.remote(r + 1.0) for r, m in enumerate([a, b])]) == [3.0, 3.0]
     _teardown(ray, [a, b])
 
     # Grow to 3 with a different rank 0 (b): its own rendezvous server serves this
@@ -205,17 +254,18 @@ def test_world_forms_then_reforms_at_new_sizes_in_same_processes(ray_local, make
     # Same processes as before: the re-formation happened in place (init → shutdown → init).
     assert gen1[2]["pid"] == gen0[0]["pid"] and gen1[0]["pid"] == gen0[1]["pid"]
     members = [b, c, a]
-    sums = ray.get([m.allreduce_sum.remote(10.0 * (r + 1)) for r, m in enumerate(members)])
+    sums = _get([m.allreduce_sum.remote(10.0 * (r + 1)) for r, m in enumerate(members)])
     assert sums == [60.0, 60.0, 60.0]
-    got = ray.get([m.broadcast.remote({"from": r}, 2) for r, m in enumerate(members)])
+    got = _get([m.broadcast.remote({"from": r}, 2) for r, m in enumerate(members)])
     assert got == [{"from": 2}] * 3
-    assert ray.get([m.barrier.remote() for m in members]) == [True] * 3
+    assert _get([m.barrier.remote() for m in members]) == [True] * 3
     _teardown(ray, members)
 
-    # Shrink back to 2, rank 0 back on a: the rendezvous server a stopped must restart.
+    # Shrink back to 2, rank 0 back on a: its process's rendezvous server, idle during
+    # generation 1, serves again from an empty store.
     gen2 = _form(ray, [a, c], generation=2)
     assert [(s["rank"], s["size"]) for s in gen2] == [(0, 2), (1, 2)]
-    assert ray.get([m.allreduce_sum.remote(r + 5.0) for r, m in enumerate([a, c])]) == [
+    assert _get([m.allreduce_sum.remote(r + 5.0) for r, m in enumerate([a, c])]) == [
         11.0,
         11.0,
     ]
@@ -230,7 +280,7 @@ def test_uneven_multi_node_layout_gets_horovod_local_and_cross_ranks(ray_local, 
     layout = _form(ray, members, generation=0, node_of=[0, 0, 1])
     assert [(s["local_rank"], s["local_size"]) for s in layout] == [(0, 2), (1, 2), (0, 1)]
     assert [(s["cross_rank"], s["cross_size"]) for s in layout] == [(0, 2), (0, 1), (1, 2)]
-    sums = ray.get([m.allreduce_sum.remote(float(2**r)) for r, m in enumerate(members)])
+    sums = _get([m.allreduce_sum.remote(float(2**r)) for r, m in enumerate(members)])
     assert sums == [7.0, 7.0, 7.0]
     _teardown(ray, members)
 
@@ -260,10 +310,7 @@ def test_two_rank_steps_equal_one_process_on_global_batch(ray_local, make_ranks)
     _form(ray, members, generation=0)
     steps = 2  # the second step exercises the broadcast, averaged momentum buffers
     # Different seeds per rank: agreement can only come from rank 0's broadcast.
-    out = ray.get(
-        [m.train.remote(steps, init_seed=r * 7) for r, m in enumerate(members)],
-        timeout=RAY_TIMEOUT_S,
-    )
+    out = _get([m.train.remote(steps, init_seed=r * 7) for r, m in enumerate(members)])
     _, y = _make_dataset().tensors
     assert out[0]["targets_seen"][0] == y[0:8:2].flatten().tolist()
     assert out[1]["targets_seen"][0] == y[1:8:2].flatten().tolist()
@@ -283,11 +330,57 @@ def test_loader_shards_are_disjoint_and_cover_the_dataset(ray_local, make_ranks)
     members = make_ranks(2)
     _form(ray, members, generation=0)
     for shuffle in (False, True):
-        shards = ray.get([m.shard.remote(shuffle, 5) for m in members], timeout=RAY_TIMEOUT_S)
+        shards = _get([m.shard.remote(shuffle, 5) for m in members])
         assert not set(shards[0]) & set(shards[1])
         assert sorted(shards[0] + shards[1]) == list(range(10))
-    unshuffled = ray.get(members[0].shard.remote(False, 5))
-    shuffled = ray.get(members[0].shard.remote(True, 5))
+    unshuffled = _get(members[0].shard.remote(False, 5))
+    shuffled = _get(members[0].shard.remote(True, 5))
     assert shuffled != unshuffled, "shuffle=True gave the unshuffled order"
-    assert ray.get(members[0].shard.remote(True, 5)) == shuffled, "same seed, other order"
+    assert _get(members[0].shard.remote(True, 5)) == shuffled, "same seed, other order"
     _teardown(ray, members)
+
+
+def test_optimizer_made_in_a_world_of_one_averages_after_growing(ray_local, make_ranks):
+    """A group that starts with one rank and grows: the DistributedOptimizer built at size 1
+    must still average gradients at size 2 (Horovod only hooks gradients when size > 1
+    unless told otherwise), and a newcomer's fresh wrapper must agree with it."""
+    import torch
+
+    ray = ray_local
+    a, b = make_ranks(2)
+    _form(ray, [a], generation=0)
+    _get(a.build.remote(0))
+    _teardown(ray, [a])
+
+    _form(ray, [a, b], generation=1)
+    same, _ = _get([a.reprepare.remote(), b.build.remote(5)])
+    assert same, "prepare_optimizer wrapped the optimizer a second time"
+    # One step, each rank on its half of the global batch 0..7.
+    got = _get([a.step_on.remote(slice(0, 8, 2)), b.step_on.remote(slice(1, 8, 2))])
+    for p0, p1 in zip(got[0], got[1], strict=True):
+        assert torch.equal(p0, p1)
+    for have, want in zip(got[0], _reference_params(1), strict=True):
+        torch.testing.assert_close(have, want, rtol=0.0, atol=EQUIVALENCE_ATOL)
+    means = _get(
+        [
+            a.mean_metrics.remote({"loss": 1.0, "acc": 0.5}),
+            b.mean_metrics.remote({"loss": 3.0, "acc": 0.0}),
+        ]
+    )
+    assert means == [{"acc": 0.25, "loss": 2.0}] * 2
+
+
+def test_lost_rank_fails_collectives_fast_and_survivors_reform(ray_local, make_ranks):
+    ray = ray_local
+    a, b, c = make_ranks(3)
+    _form(ray, [a, b, c], generation=0)
+    assert _get([m.allreduce_sum.remote(1.0) for m in (a, b, c)]) == [3.0, 3.0, 3.0]
+    ray.kill(c)
+    started = time.monotonic()
+    failures = _get([m.allreduce_expecting_failure.remote() for m in (a, b)])
+    assert all(recognised for recognised, _ in failures), failures
+    waited = time.monotonic() - started
+    assert waited < LOST_PEER_TIMEOUT_S + 10, f"survivors took {waited:.1f}s to notice"
+    _teardown(ray, [a, b])
+    _form(ray, [b, a], generation=1)
+    assert _get([m.allreduce_sum.remote(2.0) for m in (b, a)]) == [4.0, 4.0]
