@@ -185,7 +185,9 @@ class ExperimentRun:
         tags = {"resolute.searcher_trial_id": str(action.trial_id)}
         if donor is not None:
             tags["resolute.clone_from"] = str(donor.trial_id)
-        self.tracker.start_trial(trial_id, action.hparams, tags)
+        run_id = self.tracker.start_trial(trial_id, action.hparams, tags)
+        if run_id:
+            self.journal.update_trial(trial_id, mlflow_run_id=run_id)
         self.trials[action.trial_id] = tr
         self.by_global[trial_id] = tr
         self._enqueue(tr)

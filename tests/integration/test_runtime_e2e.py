@@ -47,6 +47,8 @@ def run(conn, path: Path) -> dict:
 
 
 def digits_config(tmp_path: Path, searcher: str, **extra: object) -> Path:
+    # PBT clones load their donor's weights: architecture (width) must not vary under PBT.
+    width = 64 if searcher == "pbt" else {"type": "categorical", "vals": [32, 64]}
     data = {
         "name": f"digits-{searcher}-test",
         "entrypoint": "examples.digits.train:train",
@@ -55,7 +57,7 @@ def digits_config(tmp_path: Path, searcher: str, **extra: object) -> Path:
         "seed": 7,
         "hyperparameters": {
             "lr": {"type": "log", "minval": -3, "maxval": -1.5},
-            "width": {"type": "categorical", "vals": [32, 64]},
+            "width": width,
             "dropout": {"type": "double", "minval": 0.0, "maxval": 0.2},
             "weight_decay": {"type": "log", "minval": -5, "maxval": -3},
             "batch_size": 64,
