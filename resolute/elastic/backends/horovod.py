@@ -12,18 +12,19 @@ Horovod is imported lazily so that resolute imports without it; build it with
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 import weakref
 from typing import Any
 
 from resolute.elastic.backends.base import WorldInfo
+from resolute.elastic.backends.horovod_rendezvous import (
+    KVClient,
+    gather_layout,
+    iface_for,
+    node_ip,
+    rendezvous_server,
+)
 from resolute.errors import HorovodError
 
 _INSTALL_HINT = "build and install it with scripts/build-horovod.sh"
@@ -46,13 +47,6 @@ _WORLD_ENV = (
     "HOROVOD_GLOO_TIMEOUT_SECONDS",
 )
 
-
-# One rendezvous server per process, shared by every generation and every trial this worker
-# runs: its serving thread would otherwise outlive each backend object (one leaked thread
-# and port per trial on a reused worker). Cleared per generation by rendezvous_info.
-_server_lock = threading.Lock()
-_server: Any = None  # horovod.runner.http.http_server.RendezvousServer
-_server_port: int | None = None
 
 # Every DistributedOptimizer wrapper this process made, by the optimizer it wraps: calling
 # prepare_optimizer again (each generation, say) must not stack a second set of gradient
@@ -79,89 +73,6 @@ def horovod_available() -> bool:
     except HorovodError:
         return False
     return True
-
-
-def _node_ip() -> str:
-    """The address other nodes reach this one at: Ray's view when inside Ray."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-    except ImportError:
-        pass
-    # Outside Ray: the address of the interface that routes outward (no packet is sent).
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("10.255.255.255", 1))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
-def _iface_for(ip: str) -> str | None:
-    """The network interface holding ``ip``. Gloo otherwise binds to whatever the hostname
-    resolves to, which in containers is often a loopback address other nodes cannot reach."""
-    import psutil
-
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
-            return str(name)
-    return None
-
-
-class _KV:
-    """Minimal client of the rendezvous server's key-value scopes (raw bytes, JSON)."""
-
-    def __init__(self, addr: str, port: int) -> None:
-        self._base = f"http://{addr}:{port}"
-
-    def put(self, scope: str, key: str, value: Any) -> None:
-        req = urllib.request.Request(
-            f"{self._base}/{scope}/{key}", data=json.dumps(value).encode(), method="PUT"
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-
-    def wait_get(self, scope: str, key: str, *, deadline: float) -> Any:
-        delay = 0.005
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self._base}/{scope}/{key}", timeout=10) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    raise
-            if time.monotonic() > deadline:
-                raise HorovodError(
-                    f"Horovod rendezvous timed out waiting for rank {key} in scope {scope}; "
-                    f"a rank did not start or cannot reach {self._base}: check that the "
-                    f"nodes can reach each other on that port, or raise the group timeout"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
-
-def _rendezvous_server(verbose: bool) -> tuple[Any, int]:
-    global _server, _server_port
-    with _server_lock:
-        if _server is None:
-            from horovod.runner.http.http_server import RendezvousServer
-
-            server = RendezvousServer(verbose=int(verbose))
-            _server_port = int(server.start())
-            _server = server
-        assert _server_port is not None
-        return _server, _server_port
-
-
-def stop_rendezvous_server() -> None:
-    """Stop this process's rendezvous server, if it runs (a worker being retired)."""
-    global _server, _server_port
-    with _server_lock:
-        if _server is not None:
-            _server.stop()
-        _server, _server_port = None, None
 
 
 def is_collective_failure(exc: BaseException) -> bool:
@@ -194,32 +105,6 @@ def _reset_pending_allreduces(optimizer: Any) -> None:
         optimizer._allreduce_delay[p] = optimizer.backward_passes_per_step
 
 
-def _gather_layout(world: WorldInfo, kv: _KV) -> tuple[int, int]:
-    """Wait until every rank of ``world`` has arrived; return this rank's
-    (cross_rank, cross_size): its index among the ranks sharing its local_rank across nodes
-    (nodes may hold different numbers of ranks, so it takes everyone's placement).
-
-    Arrival is awaited here, under ``world.timeout_s``, rather than inside ``hvd.init``:
-    Horovod's one Gloo timeout bounds both its rendezvous and every later collective, and
-    it should be short so that a dead peer is noticed quickly. Rank 0 gathers and publishes
-    the layout, so the server sees O(world_size) requests, not O(world_size^2)."""
-    scope = f"resolute_g{world.generation}"
-    kv.put(scope, str(world.rank), [world.node_rank, world.local_rank])
-    deadline = time.monotonic() + world.timeout_s
-    if world.rank == 0:
-        layout = [kv.wait_get(scope, str(r), deadline=deadline) for r in range(world.world_size)]
-        kv.put(scope, "layout", layout)
-    else:
-        layout = kv.wait_get(scope, "layout", deadline=deadline)
-    if len(layout) != world.world_size:
-        raise HorovodError(
-            f"rendezvous layout has {len(layout)} ranks, expected {world.world_size}: two "
-            f"groups share generation {world.generation} on one server; re-form the group"
-        )
-    peers = sorted(node for node, local in layout if local == world.local_rank)
-    return peers.index(world.node_rank), len(peers)
-
-
 class HorovodBackend:
     """One per worker process; see ``resolute.elastic.backends.base.Backend``."""
 
@@ -246,13 +131,13 @@ class HorovodBackend:
         if world_size < 1:
             raise HorovodError(f"world_size must be at least 1, got {world_size}")
         _import_hvd()  # fail here, on rank 0, before any rank waits on a server
-        server, port = _rendezvous_server(self._verbose)
+        server, port = rendezvous_server(self._verbose)
         # A fresh generation starts from an empty store: keys left by an earlier, possibly
         # aborted, rendezvous must not be read as this one's. Scopes are left "ad hoc" (no
         # host plan), so the server drops each key as its rank finishes connecting.
         server.init([])
         return {
-            "addr": _node_ip(),
+            "addr": node_ip(),
             "port": port,
             "world_size": world_size,
             "generation": generation,
@@ -277,7 +162,7 @@ class HorovodBackend:
                 "machine, or use backend: torch for GPU trials"
             )
 
-        cross_rank, cross_size = _gather_layout(world, _KV(addr, port))
+        cross_rank, cross_size = gather_layout(world, KVClient(addr, port))
         env = {
             "HOROVOD_GLOO_RENDEZVOUS_ADDR": addr,
             "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
@@ -298,7 +183,7 @@ class HorovodBackend:
         # Elastic mode would make hvd.init() ask a Horovod elastic driver for its rank.
         os.environ.pop("HOROVOD_ELASTIC", None)
         if self._iface_set_by_us or "HOROVOD_GLOO_IFACE" not in os.environ:
-            iface = _iface_for(_node_ip())
+            iface = iface_for(node_ip())
             if iface is not None:
                 os.environ["HOROVOD_GLOO_IFACE"] = iface
                 self._iface_set_by_us = True
@@ -364,12 +249,16 @@ class HorovodBackend:
         return model
 
     def prepare_optimizer(self, optimizer: Any, model: Any) -> Any:
-        """Return ``hvd.DistributedOptimizer`` over ``optimizer`` (gradients averaged over
-        ranks in ``step``), with parameters and optimizer state synced from rank 0.
+        """Return ``hvd.DistributedOptimizer`` over ``optimizer``: gradients are averaged
+        over ranks in ``step``. Call it once, before ``ctx.elastic_state(optimizer=...)``,
+        and keep what it returns (the wrapper holds its own optimizer state); it survives
+        re-formations, and calling this again returns the same wrapper.
 
-        Call it once, before ``ctx.elastic_state(optimizer=...)``, and use what it returns:
-        the wrapper holds its own optimizer state. It survives re-formations; calling this
-        again with the same optimizer or the wrapper returns the same wrapper, re-synced."""
+        In a group's first generation every rank runs the user code from its start, so
+        parameters and (non-empty) optimizer state are broadcast from rank 0 here. After a
+        re-formation ranks are at different places (newcomers at the top of the function,
+        survivors inside the elastic loop), so no collective may run here: the elastic
+        state's sync has already given everyone the chief's model and optimizer."""
         hvd = self._require_world()
         wrapper = optimizer if _is_horovod_wrapper(optimizer) else _wrappers.get(optimizer)
         if wrapper is None:
@@ -388,8 +277,14 @@ class HorovodBackend:
                     os.environ["HOROVOD_ELASTIC"] = previous
             _wrappers[optimizer] = wrapper
             _live_wrappers.add(wrapper)
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(wrapper, root_rank=0)
+        assert self._world is not None
+        if self._world.generation == 0:
+            hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+            # Horovod would initialise an empty state with a zero-gradient step, which
+            # changes e.g. Adam's step count: only broadcast a state rank 0 actually has
+            # (one restored from a checkpoint).
+            if hvd.broadcast_object(bool(wrapper.state_dict()["state"]), root_rank=0):
+                hvd.broadcast_optimizer_state(wrapper, root_rank=0)
         return wrapper
 
     def prepare_loader(
