@@ -174,6 +174,8 @@ class Reporting(Protocol):
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
+    def hold(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
     def emit(self, report: Report) -> None: ...
 
     @property
@@ -198,6 +200,9 @@ class LocalReporting:
         self.reports.append(Report(kind="metrics", step=int(step), time=float(step), metrics=clean))
         self.last_step = int(step)
         self._log.info("step %d: %s", step, clean)
+
+    def hold(self, step: int, metrics: Mapping[str, float]) -> None:
+        return None
 
     def emit(self, report: Report) -> None:
         self.reports.append(report)
@@ -438,16 +443,19 @@ class TrialContext:
     # -- reporting and control ---------------------------------------------------------
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Report metrics at ``step``. Only the chief's (rank 0's) reports count; on other
-        ranks this does nothing, so call it on every rank with the same step (reduce
-        metrics first with ``ctx.all_reduce_mean`` if each rank saw different data).
+        """Report metrics at ``step``. Only the chief's (rank 0's) reports are sent; call it
+        on every rank with the same step and metric names (reduce values first with
+        ``ctx.all_reduce_mean`` if each rank saw different data).
 
         When the report carries the searcher metric at or past the trial's current
-        target, the chief blocks here until the control plane decides: it either sets a
-        new target (training goes on) or asks the trial to stop or pause (then
-        ``should_stop()`` returns True)."""
+        target, it blocks until the control plane decides: it either sets a new target
+        (training goes on) or asks the trial to stop or pause (then ``should_stop()``
+        returns True). Every rank that calls it waits here, so no rank sits inside a
+        collective while the searcher thinks."""
         if self.is_chief:
             self._reporting.report(step, metrics)
+        else:
+            self._reporting.hold(step, metrics)
 
     def all_reduce_mean(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Average scalar metrics over all ranks (a collective: call it on every rank)."""

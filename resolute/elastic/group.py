@@ -32,6 +32,7 @@ from resolute.errors import EntrypointError, ResourcesUnavailable
 __all__ = ["TrialOutcome", "WorkerGroup"]
 
 POLL_S = 10.0
+STUCK_PROBE_S = 2.0
 RENDEZVOUS_TIMEOUT_S = 120.0
 
 
@@ -392,7 +393,7 @@ class WorkerGroup:
         live = [m for m in self._members if not m.done]
         for m in live:
             m.worker.handle.announce_reform.remote(generation, planned)
-        await self._settle(self._members)
+        await self._settle(self._members, unplanned=not planned)
         if any(
             m.status.outcome == "errored" and m.status.error_kind == "user" for m in self._members
         ):
@@ -445,29 +446,51 @@ class WorkerGroup:
             self._start_refill()
         return True
 
-    async def _settle(self, members: list[_Member]) -> None:
+    async def _settle(self, members: list[_Member], *, unplanned: bool = False) -> None:
         """Consume status events until every member is interrupted, done or lost; a member
-        that does not get there within ``reform_timeout_s`` is killed and counted lost."""
+        that does not get there within ``reform_timeout_s`` is killed and counted lost.
+
+        After an unplanned loss, a rank can stay blocked in a collective with a peer that
+        has already left (gloo closes a departed peer's sockets only once its process
+        group is freed), and no collective of the old generation can complete any more.
+        Such ranks are found by their stack and killed at once; the refill replaces them."""
         deadline = time.monotonic() + self.reform_timeout_s
+        next_probe = time.monotonic() + STUCK_PROBE_S
         while not all(m.settled for m in members):
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 for m in members:
                     if not m.settled:
-                        self._apply(
-                            (
-                                "lost",
-                                m,
-                                f"did not leave the group within {self.reform_timeout_s:.0f}s",
-                            )
-                        )
+                        why = f"did not leave the group within {self.reform_timeout_s:.0f}s"
+                        self._apply(("lost", m, why))
                 break
+            if unplanned and now >= next_probe:
+                await self._kill_blocked_in_collectives([m for m in members if not m.settled])
+                next_probe = time.monotonic() + STUCK_PROBE_S
+                continue
+            left = min(deadline, next_probe if unplanned else deadline) - now
             try:
-                event = await asyncio.wait_for(self._events.get(), timeout=left)
+                event = await asyncio.wait_for(self._events.get(), timeout=max(left, 0.01))
             except asyncio.TimeoutError:
                 continue
             if not self._apply(event):
                 self._deferred.append(event)
+
+    async def _kill_blocked_in_collectives(self, members: list[_Member]) -> None:
+        for m in members:
+            try:
+                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(), STUCK_PROBE_S)
+            except Exception as exc:  # noqa: BLE001 - an unresponsive worker is lost too
+                self._apply(("lost", m, f"unresponsive while the group re-forms: {exc}"))
+                continue
+            innermost = stack.rsplit('  File "', 1)[-1]
+            if "torch/distributed/" in innermost or "horovod/" in innermost:
+                self._log.info(
+                    "rank %d is blocked in a collective of the departed generation:\n%s",
+                    m.status.rank,
+                    stack,
+                )
+                self._apply(("lost", m, "blocked in a collective of the departed generation"))
 
     async def _try_acquire(self, n: int) -> list[PooledWorker]:
         try:
@@ -500,6 +523,9 @@ class WorkerGroup:
                 continue
             try:
                 await self._warm(workers)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._pool.release(workers, reuse=self.spec.reuse_workers))
+                raise
             except Exception:  # noqa: BLE001 - retry with other workers
                 await self._pool.release(workers, reuse=False)
                 continue
@@ -550,13 +576,15 @@ class WorkerGroup:
         )
         healthy = [m.worker for m in self._members if not m.lost]
         await self._pool.release(healthy, reuse=self.spec.reuse_workers)
-        for m in self._deferred:
-            if m[0] == "grow":
-                await self._pool.release(m[1], reuse=self.spec.reuse_workers)
-                if m[2] is not None and not m[2].done():
-                    m[2].set_result(False)
-            elif m[0] == "shrink" and not m[2].done():
-                m[2].set_result(False)
+        while not self._events.empty():
+            self._deferred.append(self._events.get_nowait())
+        for event in self._deferred:
+            if event[0] == "grow":
+                await self._pool.release(event[1], reuse=self.spec.reuse_workers)
+                if event[2] is not None and not event[2].done():
+                    event[2].set_result(False)
+            elif event[0] == "shrink" and not event[2].done():
+                event[2].set_result(False)
         self._deferred.clear()
         if outcome.status == "errored":
             self._log.error("trial run errored: %s", outcome.error)

@@ -134,7 +134,14 @@ class WorkerPool:
 
         timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
         pg = placement_group([shape.bundle() for _ in range(k)], strategy="PACK")
-        if not await self._wait_ready(pg, shape, timeout):
+        try:
+            ready = await self._wait_ready(pg, shape, timeout)
+        except BaseException:
+            # Cancelled while waiting: a pending group would grab its slots once they free
+            # up, for nobody.
+            remove_placement_group(pg)
+            raise
+        if not ready:
             remove_placement_group(pg)
             raise ResourcesUnavailable(
                 f"could not place {k} worker(s) of {shape.cpus} CPU / {shape.gpus} GPU within "

@@ -75,6 +75,14 @@ class SinkReporter:
             self.flush()
             self._control.wait_at_target(t)
 
+    def hold(self, step: int, metrics: Mapping[str, float]) -> None:
+        """A non-chief rank's report: nothing is sent, but at a decision point the rank
+        waits here with the chief (in Python, not inside a collective that could time out),
+        released by the same answer that the group relays to every rank."""
+        t = self.time_of(step, metrics)
+        if self._spec.metric in metrics and t >= self._control.target:
+            self._control.wait_at_target(t)
+
     def emit(self, report: Report) -> None:
         with self._buffer_lock:
             self._buffer.append(report)

@@ -39,6 +39,7 @@ Locally (``TrialContext.local``) ``run`` simply calls ``loop`` once.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -192,5 +193,9 @@ class ElasticState:
                 if not is_collective_failure(exc):
                     raise
                 cause, planned = exc, False
+            # The failed loop's frames still hold the DDP wrapper, and through it the old
+            # process group; gloo closes its sockets only when that object is freed, and
+            # peers blocked on this rank wake up only when the sockets close.
+            traceback.clear_frames(cause.__traceback__)
             membership.leave_and_rejoin(cause, planned=planned)
             self.restore()

@@ -8,6 +8,7 @@ the actor's other threads while user code runs. The process, its imports and its
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -99,7 +100,10 @@ class _Membership:
 
     def leave_and_rejoin(self, cause: BaseException, *, planned: bool) -> WorldInfo:
         run = self._run
-        run.backend.teardown()  # closes our sockets, so peers blocked on us fail fast too
+        run.backend.teardown()
+        # The old process group closes its sockets only when collected; collect now so that
+        # peers blocked on this rank fail sooner (the group kills ranks that stay stuck).
+        gc.collect()
         run.control.update(
             phase="interrupted",
             interrupt_kind="planned" if planned else "failure",
@@ -291,6 +295,14 @@ class TrialWorker:
     def abort(self) -> None:
         if self._run is not None:
             self._run.control.abort()
+
+    def stack(self) -> str:
+        """The Python stack of the thread running user code (to see where it is stuck)."""
+        run = self._run
+        if run is None or run.thread.ident is None:
+            return ""
+        frame = sys._current_frames().get(run.thread.ident)
+        return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
     def finish(self, timeout_s: float = 30.0) -> bool:
         """End this worker's part in its trial. True when the process is clean and may be

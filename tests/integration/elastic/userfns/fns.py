@@ -39,6 +39,15 @@ def cache_probe(ctx):
     ctx.report(1, {"pid": float(os.getpid()), "cache_hit": 0.0 if created else 1.0, "n": len(data)})
 
 
+def not_elastic(ctx):
+    """Trains without an elastic state: it cannot be resized in place."""
+    for step in range(1, int(ctx.hparams.get("steps", 1000)) + 1):
+        ctx.distributed.barrier()
+        ctx.report(step, {"loss": 1.0})
+        if ctx.should_stop():
+            return
+
+
 def ddp_one_step(ctx):
     """One SGD step of a seeded linear model on this rank's half of a fixed global batch;
     writes the resulting parameters to out_dir/rank<r>.pt."""
@@ -66,3 +75,60 @@ def ddp_one_step(ctx):
 def warmup(cache, hparams):
     """The module's warm-up hook: runs on every new worker before it joins a group."""
     cache.get_or_create("warm-data", lambda: list(range(10)))
+
+
+GLOBAL_BATCH = 12  # divisible by 1, 2, 3 and 4 ranks: every world size sees equal shards
+
+
+def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(GLOBAL_BATCH, 8, generator=gen, dtype=torch.float64)
+    y = x.sum(dim=1, keepdim=True) * 0.5 + 0.1 * torch.randn(
+        GLOBAL_BATCH, 1, generator=gen, dtype=torch.float64
+    )
+    return x, y
+
+
+def elastic_regression(ctx):
+    """Elastic data-parallel regression: the global batch of each step is fixed by the step,
+    split evenly over however many ranks there are, so the trajectory does not depend on
+    the world size. Trains to hparams['steps'] or until stopped, then writes the final
+    parameters to out_dir/final.pt (chief)."""
+    import time
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    state = ctx.elastic_state(model=model, optimizer=opt, step=0)
+    total = int(ctx.hparams["steps"])
+    delay = float(ctx.hparams.get("step_delay", 0.0))
+
+    def loop(state):
+        ddp = ctx.prepare_model(state.model)
+        while state.step < total:
+            x, y = _global_batch(state.step)
+            shard = GLOBAL_BATCH // ctx.world_size
+            xs = x[ctx.rank * shard : (ctx.rank + 1) * shard]
+            ys = y[ctx.rank * shard : (ctx.rank + 1) * shard]
+            loss = torch.nn.functional.mse_loss(ddp(xs), ys)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state.step += 1
+            state.commit()
+            ctx.report(
+                state.step, {"loss": float(loss.detach()), "world_size": float(ctx.world_size)}
+            )
+            if delay:
+                time.sleep(delay)
+            if ctx.should_stop():
+                break
+        if ctx.is_chief:
+            out = Path(ctx.hparams["out_dir"])
+            torch.save(
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+                out / "final.pt",
+            )
+
+    state.run(loop)
