@@ -1,14 +1,17 @@
 """The Scheduler actor: the control plane's event loop.
 
-It accepts experiments, keeps a SearcherActor per experiment, starts trials as worker groups
-on free slots, and routes the workers' reports to tracking, the journal and the searcher.
-Named ``scheduler`` in the ``resolute`` namespace so that the dashboard and the CLI find it.
+It accepts experiments, keeps a SearcherActor per experiment, runs allocation rounds that
+start, resize and preempt trials across all experiments (``runtime/allocator.py`` around the
+pure ``runtime/policy.py``), sends unmet demand to the Ray autoscaler, and routes the
+workers' reports to tracking, the journal and the searchers. Named ``scheduler`` in the
+``resolute`` namespace; on a cluster it runs detached, so the CLI can exit and come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -20,15 +23,19 @@ import ray
 from resolute.config import ExperimentConfig
 from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
+from resolute.runtime.allocator import apply_round, cluster_nodes, plan_round, slot_shape
 from resolute.runtime.experiment import ExperimentRun
 from resolute.runtime.journal import Journal
-from resolute.runtime.searcher_actor import SearcherActor, SearcherShell
+from resolute.runtime.lifecycle import ExperimentStatus
+from resolute.runtime.policy import TrialDemand, fits_ever
+from resolute.runtime.searcher_actor import SearcherActor
 from resolute.runtime.storage import ExperimentStorage, default_tracking_uri
 from resolute.runtime.tracking import Tracker
 from resolute.search import make_searcher
 
 NAMESPACE = "resolute"
 SCHEDULER_NAME = "scheduler"
+ROUND_INTERVAL_S = 2.0  # safety-net allocation round (nodes joining/leaving are seen here)
 
 log = logging.getLogger("resolute.scheduler")
 
@@ -47,63 +54,111 @@ def default_journal_url() -> str:
     return f"sqlite:///{home / 'resolute.db'}"
 
 
-class SchedulerCore:
-    """The scheduler's logic, separate from the actor class so that it can be read and
-    tested on its own; the actor below only forwards calls."""
+def _autoscaler(cap: int) -> Any:
+    try:
+        from resolute.runtime.cluster import ClusterView
+    except ImportError:  # pragma: no cover - until the cluster view lands
+        return None
+    return ClusterView(max_bundles=cap)
 
-    def __init__(self, *, journal_url: str, self_handle: Any) -> None:
+
+class SchedulerCore:
+    """The scheduler's logic, apart from the actor class (which only forwards calls)."""
+
+    def __init__(
+        self,
+        *,
+        journal_url: str,
+        self_handle: Any,
+        cooldown_s: float = 10.0,
+        autoscale: bool = True,
+        autoscale_cap: int = 16,
+    ) -> None:
         from resolute.elastic.pool import WorkerPool
 
         self.journal = Journal(journal_url)
         self.pool = WorkerPool()
+        self.cluster = _autoscaler(autoscale_cap) if autoscale else None
         self._self = self_handle
+        self.cooldown_s = cooldown_s
+        self.autoscale_cap = autoscale_cap
         self.experiments: dict[int, ExperimentRun] = {}
         self.trial_owner: dict[int, ExperimentRun] = {}
         self._changed = asyncio.Event()
+        self._seq = itertools.count(1)
+        self._loop_task: asyncio.Task[None] | None = None
 
-    # ------------------------------------------------------------------ capacity
-    def _capacity(self) -> dict[str, float]:
-        return {k: float(v) for k, v in ray.cluster_resources().items()}
+    # ------------------------------------------------------------ allocation
+    def _nodes(self) -> list[Any]:
+        return cluster_nodes()
 
-    def _used(self) -> dict[str, float]:
-        used = {"CPU": 0.0, "GPU": 0.0}
+    def _on_change(self) -> None:
+        self._changed.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._rounds())
+
+    async def _rounds(self) -> None:
+        """Allocation rounds: after every change, and every few seconds regardless."""
+        while any(not e.finished.is_set() for e in self.experiments.values()):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), ROUND_INTERVAL_S)
+            self._changed.clear()
+            try:
+                self.allocation_round()
+            except Exception:
+                log.exception("allocation round failed; retrying at the next change")
+        if self.cluster is not None:
+            self.cluster.request([])  # nothing left to ask the autoscaler for
+
+    def allocation_round(self) -> int:
+        live = [e for e in self.experiments.values() if not e.finished.is_set()]
+        result, trials = plan_round(
+            experiments=live,
+            nodes=self._nodes(),
+            cooldown_s=self.cooldown_s,
+            headroom_cap=self.autoscale_cap,
+        )
+        owners = {tid: self.trial_owner_of(tr) for tid, tr in trials.items()}
+        changed = apply_round(result, trials, owners)
+        # PBT members waiting at a generation's end give their slots to queued members.
+        for exp in live:
+            starved = [t for t in exp.queued() if result.allocations[t.trial_id].size == 0]
+            if starved:
+                exp.yield_waiting(len(starved))
+        if self.cluster is not None:
+            self.cluster.request(result.unmet)
+        return changed
+
+    def trial_owner_of(self, tr: Any) -> ExperimentRun:
         for exp in self.experiments.values():
-            res = exp.config.resources
-            n = exp.used_slots()
-            used["CPU"] += n * res.cpus_per_slot
-            used["GPU"] += n * res.gpus_per_slot
-        return used
-
-    def free_slots(self, config: ExperimentConfig) -> int:
-        res = config.resources
-        cap, used = self._capacity(), self._used()
-        limits = []
-        if res.cpus_per_slot > 0:
-            limits.append((cap.get("CPU", 0.0) - used["CPU"]) / res.cpus_per_slot)
-        if res.gpus_per_slot > 0:
-            limits.append((cap.get("GPU", 0.0) - used["GPU"]) / res.gpus_per_slot)
-        free = int(min(limits) + 1e-9) if limits else res.slots_per_trial.max
-        if res.max_slots is not None:
-            exp_used = sum(e.used_slots() for e in self.experiments.values() if e.config is config)
-            free = min(free, res.max_slots - exp_used)
-        return max(free, 0)
+            if exp.by_global.get(tr.trial_id) is tr:
+                self.trial_owner[tr.trial_id] = exp
+                return exp
+        raise KeyError(tr.trial_id)
 
     def _check_fits(self, config: ExperimentConfig) -> None:
-        """Reject at submit time a trial that can never fit, instead of queueing forever."""
+        """Reject at submit time a trial that can never fit, instead of queueing forever.
+
+        Without an autoscaler the biggest possible cluster is today's; with one, nodes may
+        still come, so only a trial larger than every node type together is refused there."""
+        if self.cluster is not None and self.cluster.autoscaling():
+            return
         res = config.resources
-        cap = self._capacity()
+        shape = {"CPU": float(res.cpus_per_slot)}
+        if res.gpus_per_slot > 0:
+            shape["GPU"] = float(res.gpus_per_slot)
         need = res.slots_per_trial.min
-        if res.gpus_per_slot > 0 and cap.get("GPU", 0.0) < need * res.gpus_per_slot:
+        demand = TrialDemand(
+            trial_id=0, experiment_id=0, slot=shape, min_slots=need, max_slots=need
+        )
+        nodes = self._nodes()
+        if not fits_ever(demand, nodes):
+            total = {k: sum(n.resources.get(k, 0.0) for n in nodes) for k in shape}
+            have = ", ".join(f"{v:g} {k}" for k, v in total.items())
             raise SchedulerError(
-                f"a trial needs {need} slot(s) x {res.gpus_per_slot:g} GPU but the cluster has "
-                f"{cap.get('GPU', 0.0):g} GPU(s); lower resources.slots_per_trial or "
-                "resources.gpus_per_slot, or add GPU nodes"
-            )
-        if res.cpus_per_slot > 0 and cap.get("CPU", 0.0) < need * res.cpus_per_slot:
-            raise SchedulerError(
-                f"a trial needs {need} slot(s) x {res.cpus_per_slot:g} CPU but the cluster has "
-                f"{cap.get('CPU', 0.0):g} CPU(s); lower resources.slots_per_trial or "
-                "resources.cpus_per_slot, or add nodes"
+                f"a trial needs {need} slot(s) of {shape} but this cluster can never give that "
+                f"(it has {have} in all, across {len(nodes)} node(s)); lower "
+                "resources.slots_per_trial, cpus_per_slot or gpus_per_slot, or add nodes"
             )
 
     # ---------------------------------------------------------------- experiments
@@ -115,12 +170,15 @@ class SchedulerCore:
         )
         storage = ExperimentStorage(config.storage, exp_id)
         storage.write_config(config.to_yaml())
-        tracker = Tracker(
+        # MLflow's client builds its store on first use (seconds): keep the loop free.
+        tracker = await asyncio.to_thread(
+            Tracker,
             tracking_uri=config.tracking.mlflow_uri or default_tracking_uri(config.storage),
             experiment_name=config.name,
             tensorboard_root=storage.tensorboard_dir if config.tracking.tensorboard else None,
         )
-        run_id = tracker.start_experiment(
+        run_id = await asyncio.to_thread(
+            tracker.start_experiment,
             config.to_dict(),
             config.searcher.name,
             {"resolute.experiment_id": str(exp_id), "resolute.seed": str(seed)},
@@ -139,8 +197,8 @@ class SchedulerCore:
             tracker=tracker,
             searcher=shell,
             start_group=self._start_group,
-            free_slots=self.free_slots,
             on_change=self._on_change,
+            next_seq=lambda: next(self._seq),
         )
         self.experiments[exp_id] = exp
         await exp.begin()
@@ -155,17 +213,11 @@ class SchedulerCore:
             spec=spec,
             sink=self._self,
             pool=self.pool,
-            min_workers=exp.config.resources.slots_per_trial.min,
-            max_workers=max_workers,
+            min_workers=min(exp.config.resources.slots_per_trial.min, n),
+            max_workers=max(max_workers, n),
         )
         await group.start(n)
         return group
-
-    def _on_change(self) -> None:
-        # Another experiment's trials may fit now that slots moved.
-        for exp in self.experiments.values():
-            exp._schedule()
-        self._changed.set()
 
     async def on_reports(self, trial_id: int, reports: list[Report]) -> None:
         exp = self.trial_owner.get(trial_id)
@@ -197,15 +249,78 @@ class SchedulerCore:
         await exp.kill()
         return exp.summary()
 
+    async def pause(self, experiment_id: int) -> dict[str, Any]:
+        exp = self._get(experiment_id)
+        await exp.pause()
+        return exp.summary()
+
+    async def activate(self, experiment_id: int) -> dict[str, Any]:
+        exp = self._get(experiment_id)
+        await exp.activate()
+        return exp.summary()
+
+    def set_priority(self, experiment_id: int, priority: int) -> dict[str, Any]:
+        if not 1 <= priority <= 99:
+            raise SchedulerError(f"priority must be 1..99 (lower runs first), got {priority}")
+        exp = self._get(experiment_id)
+        exp.priority = priority
+        self._on_change()
+        return exp.summary()
+
+    def set_max_slots(self, experiment_id: int, max_slots: int | None) -> dict[str, Any]:
+        exp = self._get(experiment_id)
+        if max_slots is not None and max_slots < exp.config.resources.slots_per_trial.min:
+            raise SchedulerError(
+                f"max_slots {max_slots} is below one trial's minimum "
+                f"({exp.config.resources.slots_per_trial.min}): no trial could ever run"
+            )
+        exp.max_slots = max_slots
+        self._on_change()
+        return exp.summary()
+
+    async def kill_trial(self, trial_id: int) -> dict[str, Any]:
+        for exp in self.experiments.values():
+            tr = exp.by_global.get(trial_id)
+            if tr is not None:
+                await exp.kill_trial(tr)
+                return exp.summary()
+        raise NotFound(f"trial {trial_id} is not running under this scheduler")
+
     def list(self) -> list[dict[str, Any]]:
         return [exp.summary() for exp in self.experiments.values()]
+
+    def cluster_status(self) -> dict[str, Any]:
+        nodes = self._nodes()
+        return {
+            "nodes": [{"node_id": n.node_id, "resources": dict(n.resources)} for n in nodes],
+            "experiments": [
+                {
+                    "id": e.id,
+                    "name": e.config.name,
+                    "status": e.status.value,
+                    "priority": e.priority,
+                    "weight": e.weight,
+                    "slot": slot_shape(e),
+                    "used_slots": e.used_slots(),
+                    "running_trials": len(e.holding()),
+                    "queued_trials": len(e.queued()),
+                }
+                for e in self.experiments.values()
+                if not e.finished.is_set() or e.status == ExperimentStatus.PAUSED
+            ],
+            "pending_requests": self.cluster.pending() if self.cluster is not None else [],
+        }
 
     async def shutdown(self) -> None:
         for exp in self.experiments.values():
             if not exp.finished.is_set():
                 await exp.kill()
         for exp in self.experiments.values():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(exp.finished.wait(), 30)
             exp.tracker.close()
+        if self.cluster is not None:
+            self.cluster.request([])
         await self.pool.close()
 
 
@@ -213,11 +328,11 @@ class SchedulerCore:
 class Scheduler:
     """Ray actor shell around SchedulerCore (async: trials' reports and CLI calls interleave)."""
 
-    def __init__(self, journal_url: str | None = None) -> None:
+    def __init__(self, journal_url: str | None = None, **options: Any) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         handle = ray.get_runtime_context().current_actor
         self.core = SchedulerCore(
-            journal_url=journal_url or default_journal_url(), self_handle=handle
+            journal_url=journal_url or default_journal_url(), self_handle=handle, **options
         )
 
     async def submit(self, config: ExperimentConfig) -> int:
@@ -235,8 +350,29 @@ class Scheduler:
     async def kill(self, experiment_id: int) -> dict[str, Any]:
         return await self.core.kill(experiment_id)
 
+    async def pause(self, experiment_id: int) -> dict[str, Any]:
+        return await self.core.pause(experiment_id)
+
+    async def activate(self, experiment_id: int) -> dict[str, Any]:
+        return await self.core.activate(experiment_id)
+
+    async def set_priority(self, experiment_id: int, priority: int) -> dict[str, Any]:
+        return self.core.set_priority(experiment_id, priority)
+
+    async def set_max_slots(self, experiment_id: int, max_slots: int | None) -> dict[str, Any]:
+        return self.core.set_max_slots(experiment_id, max_slots)
+
+    async def kill_trial(self, trial_id: int) -> dict[str, Any]:
+        return await self.core.kill_trial(trial_id)
+
     async def list(self) -> list[dict[str, Any]]:
         return self.core.list()
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return self.core.cluster_status()
+
+    async def allocation_round(self) -> int:
+        return self.core.allocation_round()
 
     async def shutdown(self) -> None:
         await self.core.shutdown()
@@ -245,4 +381,4 @@ class Scheduler:
         return f"Scheduler({len(self.core.experiments)} experiments)"
 
 
-__all__ = ["Scheduler", "SchedulerCore", "SearcherShell", "NAMESPACE", "SCHEDULER_NAME"]
+__all__ = ["Scheduler", "SchedulerCore", "NAMESPACE", "SCHEDULER_NAME"]

@@ -1,0 +1,165 @@
+"""One allocation round: the scheduler's state in, ``policy.allocate`` in the middle, trials
+started, resized and preempted out, and unmet demand sent to the Ray autoscaler.
+
+The policy is pure (``runtime/policy.py``); this module only translates. It runs whenever
+something changed (a trial queued or ended, a node joined or left, a priority changed) and
+on a slow timer as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from resolute.runtime.lifecycle import ExperimentStatus
+from resolute.runtime.policy import (
+    Allocation,
+    Change,
+    ExperimentSpec,
+    NodeSpec,
+    TrialDemand,
+    allocate,
+)
+from resolute.runtime.trial_run import TrialRun
+
+log = logging.getLogger("resolute.scheduler")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    allocations: dict[int, Allocation]
+    unmet: list[dict[str, float]]  # bundles the cluster could not give (for the autoscaler)
+
+
+def cluster_nodes() -> list[NodeSpec]:
+    """The alive Ray nodes with their total resources (works without the dashboard)."""
+    import ray
+
+    return [
+        NodeSpec(n["NodeID"], {k: float(v) for k, v in n.get("Resources", {}).items()})
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def slot_shape(exp: object) -> dict[str, float]:
+    res = exp.config.resources  # type: ignore[attr-defined]
+    shape = {"CPU": float(res.cpus_per_slot)}
+    if res.gpus_per_slot > 0:
+        shape["GPU"] = float(res.gpus_per_slot)
+    return shape
+
+
+def _free_nodes(
+    nodes: Sequence[NodeSpec], pinned: Iterable[tuple[dict[str, int], dict[str, float]]]
+) -> list[NodeSpec]:
+    """Node capacity less what trials the policy may not move hold (starting, resizing or
+    winding down). Ranks on an unknown node are charged to the roomiest node."""
+    free = {n.node_id: dict(n.resources) for n in nodes}
+    for placement, shape in pinned:
+        for node, ranks in placement.items():
+            target = node
+            if target not in free:
+                target = max(free, key=lambda k: free[k].get("CPU", 0.0), default="")
+            if not target:
+                continue
+            for k, v in shape.items():
+                free[target][k] = free[target].get(k, 0.0) - v * ranks
+    return [NodeSpec(k, {r: max(v, 0.0) for r, v in res.items()}) for k, res in free.items()]
+
+
+def plan_round(
+    *,
+    experiments: Sequence[object],
+    nodes: Sequence[NodeSpec],
+    cooldown_s: float,
+    now: float | None = None,
+    headroom_cap: int = 16,
+) -> tuple[RoundResult, dict[int, TrialRun]]:
+    """Build the policy's input from the live experiments and run it."""
+    now = time.monotonic() if now is None else now
+    specs: list[ExperimentSpec] = []
+    demands: list[TrialDemand] = []
+    pinned: list[tuple[dict[str, int], dict[str, float]]] = []
+    trials: dict[int, TrialRun] = {}
+    for exp in experiments:
+        if exp.status not in (ExperimentStatus.ACTIVE, ExperimentStatus.PAUSED):  # type: ignore[attr-defined]
+            continue
+        slots = exp.config.resources.slots_per_trial  # type: ignore[attr-defined]
+        shape = slot_shape(exp)
+        specs.append(
+            ExperimentSpec(
+                exp.id,  # type: ignore[attr-defined]
+                priority=exp.priority,  # type: ignore[attr-defined]
+                weight=exp.weight,  # type: ignore[attr-defined]
+                max_slots=exp.max_slots,  # type: ignore[attr-defined]
+            )
+        )
+        for tr in exp.holding():  # type: ignore[attr-defined]
+            placement = tr.placement()
+            movable = tr.group is not None and tr.request is None and not tr.resizing
+            if not movable:
+                pinned.append((placement or {"?": tr.slots}, shape))
+                continue
+            trials[tr.trial_id] = tr
+            demands.append(
+                TrialDemand(
+                    trial_id=tr.trial_id,
+                    experiment_id=exp.id,  # type: ignore[attr-defined]
+                    slot=shape,
+                    min_slots=min(slots.min, tr.slots) if tr.resizable else tr.slots,
+                    max_slots=slots.max if tr.resizable else tr.slots,
+                    placement=placement,
+                    order=tr.queued_seq,
+                    last_resize=tr.last_resize,
+                )
+            )
+        for tr in exp.queued():  # type: ignore[attr-defined]
+            trials[tr.trial_id] = tr
+            demands.append(
+                TrialDemand(
+                    trial_id=tr.trial_id,
+                    experiment_id=exp.id,  # type: ignore[attr-defined]
+                    slot=shape,
+                    min_slots=slots.min,
+                    max_slots=slots.max,
+                    order=tr.queued_seq,
+                )
+            )
+    result = allocate(
+        nodes=_free_nodes(nodes, pinned),
+        experiments=specs,
+        trials=demands,
+        now=now,
+        cooldown_s=cooldown_s,
+    )
+    unmet: list[dict[str, float]] = []
+    for d in demands:
+        a = result[d.trial_id]
+        if a.size == 0:
+            unmet += [dict(d.slot)] * d.min_slots
+        elif a.size < d.max_slots:
+            unmet += [dict(d.slot)] * (d.max_slots - a.size)
+    return RoundResult(result, unmet[:headroom_cap]), trials
+
+
+def apply_round(result: RoundResult, trials: dict[int, TrialRun], owners: dict[int, object]) -> int:
+    """Carry out the allocation; returns how many trials changed."""
+    changed = 0
+    for trial_id, alloc in result.allocations.items():
+        tr = trials[trial_id]
+        exp = owners[trial_id]
+        if alloc.change == Change.START:
+            exp.start_trial(tr, alloc.size)  # type: ignore[attr-defined]
+        elif alloc.change == Change.PREEMPT:
+            log.info("trial %s preempted (its slots go to other trials)", trial_id)
+            exp.preempt(tr)  # type: ignore[attr-defined]
+        elif alloc.change in (Change.GROW, Change.SHRINK):
+            log.info("trial %s resized %d -> %d", trial_id, tr.slots, alloc.size)
+            exp.resize(tr, alloc.size)  # type: ignore[attr-defined]
+        else:
+            continue
+        changed += 1
+    return changed
