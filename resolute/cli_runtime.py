@@ -95,12 +95,6 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             except ResoluteError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)
-            except Exception as exc:  # a Ray task error wrapping ours
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, ResoluteError):
-                    click.echo(f"error: {cause}", err=True)
-                    sys.exit(2)
-                raise
             click.echo(f"experiment {exp_id} submitted ({config.name}, {config.searcher.name})")
             if not follow:
                 click.echo(f"follow it with: resolute experiment describe {exp_id}")
@@ -117,6 +111,107 @@ def register(experiment: click.Group, trial: click.Group) -> None:
                 sys.exit(1)
         finally:
             client.close(conn)
+
+    def _control(address: str | None, method: str, *args: Any) -> dict[str, Any]:
+        from resolute.errors import ResoluteError
+        from resolute.runtime import client
+
+        try:
+            conn = client.attach(address)
+            return dict(client.call(conn, method, *args))
+        except ResoluteError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    address_option = click.option(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS)."
+    )
+
+    def _report(summary: dict[str, Any]) -> None:
+        from resolute.runtime.client import format_progress
+
+        click.echo(
+            f"experiment {summary['id']} ({summary['name']}): {summary['status']}, priority "
+            f"{summary['priority']}, max_slots {_fmt(summary['max_slots'])}, "
+            f"{summary['used_slots']} slot(s) in use"
+        )
+        click.echo("  " + format_progress(summary))
+
+    @experiment.command("pause")
+    @click.argument("experiment_id", type=int)
+    @address_option
+    def pause(experiment_id: int, address: str | None) -> None:
+        """Checkpoint every running trial and free its slots."""
+        _report(_control(address, "pause", experiment_id))
+
+    @experiment.command("activate")
+    @click.argument("experiment_id", type=int)
+    @address_option
+    def activate(experiment_id: int, address: str | None) -> None:
+        """Resume a paused experiment from its trials' checkpoints."""
+        _report(_control(address, "activate", experiment_id))
+
+    @experiment.command("kill")
+    @click.argument("experiment_id", type=int)
+    @address_option
+    def kill(experiment_id: int, address: str | None) -> None:
+        """Stop every trial of the experiment now."""
+        _report(_control(address, "kill", experiment_id))
+
+    @experiment.command("set-priority")
+    @click.argument("experiment_id", type=int)
+    @click.argument("priority", type=click.IntRange(1, 99))
+    @address_option
+    def set_priority(experiment_id: int, priority: int, address: str | None) -> None:
+        """Change the priority (1..99, lower runs first); slots move at the next round."""
+        _report(_control(address, "set_priority", experiment_id, priority))
+
+    @experiment.command("set-max-slots")
+    @click.argument("experiment_id", type=int)
+    @click.argument("max_slots", type=str)
+    @address_option
+    def set_max_slots(experiment_id: int, max_slots: str, address: str | None) -> None:
+        """Cap the slots the experiment may hold (a number, or 'none')."""
+        if max_slots.lower() == "none":
+            cap = None
+        elif max_slots.isdigit() and int(max_slots) > 0:
+            cap = int(max_slots)
+        else:
+            click.echo(
+                f"error: MAX_SLOTS must be a positive number or 'none', got {max_slots!r}", err=True
+            )
+            sys.exit(2)
+        _report(_control(address, "set_max_slots", experiment_id, cap))
+
+    @experiment.command("follow")
+    @click.argument("experiment_id", type=int)
+    @address_option
+    def follow_cmd(experiment_id: int, address: str | None) -> None:
+        """Show live progress of a running experiment until it ends (Ctrl-C only detaches)."""
+        from resolute.errors import ResoluteError
+        from resolute.runtime import client
+
+        try:
+            conn = client.attach(address)
+            client.call(conn, "status", experiment_id)
+        except ResoluteError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        try:
+            summary = client.follow(conn, experiment_id)
+        except KeyboardInterrupt:
+            click.echo("\ndetached; the experiment keeps running", err=True)
+            return
+        click.echo(f"experiment {experiment_id} {summary['status']}")
+        if summary["status"] != "COMPLETED":
+            sys.exit(1)
+
+    @trial.command("kill")
+    @click.argument("trial_id", type=int)
+    @address_option
+    def kill_trial(trial_id: int, address: str | None) -> None:
+        """Stop one trial now; the searcher treats it as the worst result."""
+        _report(_control(address, "kill_trial", trial_id))
 
     @experiment.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -62,6 +62,54 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
     return Connection(scheduler=scheduler, embedded=embedded, address=address)
 
 
+def attach(address: str | None = None) -> Connection:
+    """Connect to the scheduler already running on the cluster at ``address`` (or
+    ``RAY_ADDRESS``); never starts anything."""
+    import ray
+
+    from resolute.errors import SchedulerError
+    from resolute.runtime.scheduler import NAMESPACE, SCHEDULER_NAME
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        raise SchedulerError(
+            "this command talks to a scheduler on a Ray cluster: pass --address or set "
+            "RAY_ADDRESS (an experiment created without a cluster runs inside its "
+            "`resolute experiment create` and ends with it)"
+        )
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+        except ConnectionError as exc:
+            raise SchedulerError(
+                f"no Ray cluster at {address}: start one with `ray start --head` or fix "
+                f"RAY_ADDRESS ({exc})"
+            ) from exc
+    try:
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+    except ValueError as exc:
+        raise SchedulerError(
+            f"no resolute scheduler runs on the cluster at {address}: start it with "
+            "`resolute cluster up` (or submit an experiment with --address)"
+        ) from exc
+    return Connection(scheduler=scheduler, embedded=False, address=address)
+
+
+def call(conn: Connection, method: str, *args: Any) -> Any:
+    """Call a scheduler method and unwrap resolute's own errors from Ray's wrapper."""
+    import ray
+
+    from resolute.errors import ResoluteError
+
+    try:
+        return ray.get(getattr(conn.scheduler, method).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ResoluteError):
+            raise cause from None
+        raise
+
+
 def format_progress(summary: dict[str, Any]) -> str:
     counts = summary.get("counts", {})
     order = ["QUEUED", "PENDING", "RUNNING", "PAUSED", "COMPLETED", "STOPPED", "ERRORED"]
@@ -112,15 +160,11 @@ def follow(
 
 
 def submit(conn: Connection, config: ExperimentConfig) -> int:
-    import ray
-
-    return int(ray.get(conn.scheduler.submit.remote(config)))
+    return int(call(conn, "submit", config))
 
 
 def kill(conn: Connection, experiment_id: int) -> dict[str, Any]:
-    import ray
-
-    return dict(ray.get(conn.scheduler.kill.remote(experiment_id)))
+    return dict(call(conn, "kill", experiment_id))
 
 
 def close(conn: Connection) -> None:
