@@ -313,7 +313,10 @@ class HorovodBackend:
 
     def broadcast_object(self, obj: Any, *, src: int = 0) -> Any:
         hvd = self._require_world()
-        return hvd.broadcast_object(obj, root_rank=src)
+        # Horovod matches collectives across ranks by name, and broadcast_object's default
+        # name is the object's type: a chief sending a dict to ranks holding None would
+        # wait forever.
+        return hvd.broadcast_object(obj, root_rank=src, name="resolute.broadcast_object")
 
     def barrier(self) -> None:
         self._require_world().barrier()

@@ -256,8 +256,10 @@ def test_world_forms_then_reforms_at_new_sizes_in_same_processes(ray_local, make
     members = [b, c, a]
     sums = _get([m.allreduce_sum.remote(10.0 * (r + 1)) for r, m in enumerate(members)])
     assert sums == [60.0, 60.0, 60.0]
-    got = _get([m.broadcast.remote({"from": r}, 2) for r, m in enumerate(members)])
-    assert got == [{"from": 2}] * 3
+    # Only the source holds the object (the others pass None, as an elastic sync does).
+    sent = [None, None, {"from": 2, "w": [1.5, 2.5]}]
+    got = _get([m.broadcast.remote(sent[r], 2) for r, m in enumerate(members)])
+    assert got == [sent[2]] * 3
     assert _get([m.barrier.remote() for m in members]) == [True] * 3
     _teardown(ray, members)
 
