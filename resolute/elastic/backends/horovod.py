@@ -250,7 +250,7 @@ class HorovodBackend:
 
     def prepare_optimizer(self, optimizer: Any, model: Any) -> Any:
         """Return ``hvd.DistributedOptimizer`` over ``optimizer``: gradients are averaged
-        over ranks in ``step``. Call it once, before ``ctx.elastic_state(optimizer=...)``,
+        over ranks in ``step`` (``model`` names them; None gives Horovod's own names). Call it once, before ``ctx.elastic_state(optimizer=...)``,
         and keep what it returns (the wrapper holds its own optimizer state); it survives
         re-formations, and calling this again returns the same wrapper.
 
@@ -267,9 +267,8 @@ class HorovodBackend:
             previous = os.environ.get("HOROVOD_ELASTIC")
             os.environ["HOROVOD_ELASTIC"] = "1"
             try:
-                wrapper = hvd.DistributedOptimizer(
-                    optimizer, named_parameters=model.named_parameters()
-                )
+                named = model.named_parameters() if model is not None else None
+                wrapper = hvd.DistributedOptimizer(optimizer, named_parameters=named)
             finally:
                 if previous is None:
                     os.environ.pop("HOROVOD_ELASTIC", None)
@@ -279,7 +278,8 @@ class HorovodBackend:
             _live_wrappers.add(wrapper)
         assert self._world is not None
         if self._world.generation == 0:
-            hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+            if model is not None:
+                hvd.broadcast_parameters(model.state_dict(), root_rank=0)
             # Horovod would initialise an empty state with a zero-gradient step, which
             # changes e.g. Adam's step count: only broadcast a state rank 0 actually has
             # (one restored from a checkpoint).
