@@ -1,0 +1,370 @@
+"""The cluster as the scheduler sees it: the alive nodes and their resources, and the demand
+sent to the Ray autoscaler. No policy here: which trial runs where is ``policy.py``'s
+business; this module only reads Ray and talks to the autoscaler.
+
+**What ``request_resources`` means.** ``ray.autoscaler.sdk.request_resources(bundles=...)``
+sets a *target*, not extra demand: the autoscaler grows the cluster until all the bundles
+fit at once, packing them onto the nodes as if every node were idle, and keeps that target
+until the next call replaces it (one target per cluster; the last caller wins). Sent alone,
+the bundles the scheduler cannot place would "fit" on nodes that are busy and nothing would
+be added. So :meth:`ClusterView.request` sends what each node has in use now plus the unmet
+bundles, and withdraws the target (``bundles=[]``) once nothing is unmet: a target left in
+place keeps its nodes from ever being released as idle.
+
+**Without an autoscaler** (an embedded ``ray.init()``, or ``ray start --head`` with no
+``--autoscaling-config``) the head still runs Ray's monitor, with a read-only node provider:
+the request is written to the GCS key-value store, the monitor lists it as demand in
+``ray status``, and nothing else happens. A request there is a harmless no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from resolute.runtime.policy import NodeSpec
+
+log = logging.getLogger("resolute.cluster")
+
+Bundle = dict[str, float]
+
+HEAD_RESOURCE = "node:__internal_head__"
+DEFAULT_MAX_PENDING_BUNDLES = 64
+# Resources that say nothing about slots: memory is not scheduled on here, node:<ip> and
+# placement-group resources (CPU_group_<id>) are Ray's bookkeeping.
+_MEMORY = frozenset({"memory", "object_store_memory"})
+
+
+def is_slot_resource(name: str) -> bool:
+    """CPU, GPU and custom resources; not memory, ``node:*`` or placement-group bookkeeping."""
+    return (
+        name not in _MEMORY
+        and not name.startswith("node:")
+        and not name.startswith("accelerator_type:")
+        and "_group_" not in name
+    )
+
+
+def slot_resources(resources: Mapping[str, float]) -> Bundle:
+    return {k: float(v) for k, v in resources.items() if is_slot_resource(k) and v > 0}
+
+
+class ClusterView:
+    """Nodes and autoscaler requests for the scheduler. Needs ``ray.init`` done first.
+
+    ``max_pending_bundles``: the most unmet bundles sent to the autoscaler at once (a
+    search of 10,000 queued trials must not ask a cloud for 10,000 GPUs); the rest are
+    asked for as the first ones are met.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending_bundles: int = DEFAULT_MAX_PENDING_BUNDLES,
+        request_fn: Callable[[list[Bundle]], None] | None = None,
+    ) -> None:
+        if max_pending_bundles < 1:
+            raise ValueError(f"max_pending_bundles must be at least 1, got {max_pending_bundles}")
+        self.max_pending_bundles = max_pending_bundles
+        self._request_fn = request_fn or _send_to_autoscaler
+        self._pending: list[Bundle] = []
+        self._sent: list[Bundle] | None = None  # the target last sent; None: none in place
+
+    # ------------------------------------------------------------------ nodes
+    def nodes(self) -> list[NodeSpec]:
+        """The alive nodes, each with its total slot resources (CPU, GPU, custom)."""
+        return [
+            NodeSpec(node_id=n["NodeID"], resources=slot_resources(n.get("Resources") or {}))
+            for n in _ray_nodes()
+            if n.get("Alive")
+        ]
+
+    def node_of_current_process(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    # ------------------------------------------------------------- autoscaler
+    def request(self, bundles: Sequence[Mapping[str, float]]) -> None:
+        """Ask the autoscaler for room for ``bundles``: the slots the scheduler wants now
+        and cannot place (one bundle per slot, e.g. ``{"CPU": 1, "GPU": 1}``).
+
+        Call it after every allocation with what is still unmet; an empty list withdraws
+        the request. The target sent is the cluster's current use, node by node, plus
+        the unmet bundles (at most ``max_pending_bundles`` of them); it is re-sent only
+        when it changes."""
+        unmet = [slot_resources(b) for b in bundles]
+        unmet = [b for b in unmet if b]
+        if len(unmet) > self.max_pending_bundles:
+            log.info(
+                "asking the autoscaler for %d of %d unmet slot bundles (max_pending_bundles)",
+                self.max_pending_bundles,
+                len(unmet),
+            )
+            unmet = unmet[: self.max_pending_bundles]
+        if not unmet:
+            self.withdraw()
+            return
+        target = sorted_bundles(in_use_bundles() + unmet)
+        self._pending = unmet
+        if target != self._sent:
+            self._request_fn(target)
+            self._sent = target
+            log.info("autoscaler target: %s", describe_bundles(target))
+
+    def withdraw(self) -> None:
+        """Take back the request (nothing unmet, or the scheduler is stopping)."""
+        self._pending = []
+        if self._sent is not None:
+            self._request_fn([])
+            self._sent = None
+            log.info("autoscaler request withdrawn")
+
+    def pending(self) -> list[Bundle]:
+        """The unmet bundles the autoscaler was last asked for (empty: no request)."""
+        return [dict(b) for b in self._pending]
+
+    def close(self) -> None:
+        self.withdraw()
+
+    # ----------------------------------------------------------------- status
+    def status_snapshot(self) -> dict[str, Any]:
+        """Plain data for ``resolute cluster status``: every node Ray knows (dead ones too,
+        for a while after they leave), what this view has pending, and the autoscaler's own
+        report where one runs."""
+        return {
+            "nodes": node_records(),
+            "pending_requests": self.pending(),
+            "autoscaler": autoscaler_report(),
+        }
+
+
+# --------------------------------------------------------------------- helpers
+def _ray_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return list(ray.nodes())  # type: ignore[no-untyped-call]
+
+
+def node_records() -> list[dict[str, Any]]:
+    return [
+        {
+            "node_id": n["NodeID"],
+            "alive": bool(n.get("Alive")),
+            "address": n.get("NodeManagerAddress", ""),
+            "head": HEAD_RESOURCE in (n.get("Resources") or {}),
+            "resources": slot_resources(n.get("Resources") or {}),
+        }
+        for n in _ray_nodes()
+    ]
+
+
+def head_node_id() -> str | None:
+    """The head node's id (where a detached control plane must live: worker nodes come and
+    go with the autoscaler)."""
+    for n in _ray_nodes():
+        if n.get("Alive") and HEAD_RESOURCE in (n.get("Resources") or {}):
+            return str(n["NodeID"])
+    return None
+
+
+def in_use_bundles() -> list[Bundle]:
+    """What each alive node has in use now, one bundle per node.
+
+    Two sources, per node and resource the larger: GCS's resource view (everything in use,
+    tasks and actors too, but it trails a new reservation by up to a second) and the
+    placement-group table (current the moment a group is ready; what resolute's trials
+    hold)."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+    from ray.util import placement_group_table
+
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    used: dict[str, Bundle] = {}
+    for info in [*status.active_nodes, *status.idle_nodes]:
+        usage = info.resource_usage.usage if info.resource_usage else []
+        used[str(info.node_id)] = {
+            u.resource_name: float(u.used)
+            for u in usage
+            if is_slot_resource(u.resource_name) and u.used > 1e-9
+        }
+    reserved: dict[str, Bundle] = {}
+    for group in placement_group_table().values():
+        if group.get("state") != "CREATED":
+            continue  # a pending group is demand the autoscaler already sees
+        for index, bundle in group.get("bundles", {}).items():
+            node = group.get("bundles_to_node_id", {}).get(index)
+            if node is not None and node in used:
+                held = reserved.setdefault(node, {})
+                for k, v in slot_resources(bundle).items():
+                    held[k] = held.get(k, 0.0) + v
+    for node, held in reserved.items():
+        for k, v in held.items():
+            used[node][k] = max(used[node].get(k, 0.0), v)
+    return [b for b in used.values() if b]
+
+
+def autoscaler_report() -> dict[str, Any] | None:
+    """The autoscaler (v1) monitor's last report: nodes launching, failed, demand; None
+    when the monitor has written none yet."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    except Exception:  # an older or newer Ray without this key: no report, not an error
+        log.debug("no autoscaler report", exc_info=True)
+        return None
+    if not raw:
+        return None
+    data = json.loads(raw)
+    report = data.get("autoscaler_report") or {}
+    load = data.get("load_metrics_report") or {}
+    return {
+        "pending_launches": dict(report.get("pending_launches") or {}),
+        "pending_nodes": [list(p) for p in report.get("pending_nodes") or []],
+        "failed_nodes": [list(f) for f in report.get("failed_nodes") or []],
+        "requested": [
+            {"bundle": dict(b), "count": int(c)} for b, c in load.get("request_demand") or []
+        ],
+        "time": data.get("time"),
+    }
+
+
+def _send_to_autoscaler(bundles: list[Bundle]) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+
+
+def withdraw_autoscaler_request() -> None:
+    """Clear the cluster's autoscaler target whoever set it (``resolute cluster down``: a
+    scheduler that died cannot withdraw its own)."""
+    _send_to_autoscaler([])
+
+
+def sorted_bundles(bundles: Sequence[Mapping[str, float]]) -> list[Bundle]:
+    return sorted(({k: float(v) for k, v in b.items()} for b in bundles), key=_bundle_key)
+
+
+def _bundle_key(bundle: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(bundle.items()))
+
+
+def describe_bundles(bundles: Sequence[Mapping[str, float]]) -> str:
+    """``2 x {CPU: 1, GPU: 1} + 1 x {CPU: 4}``: bundles grouped by shape."""
+    counts = Counter(_bundle_key(b) for b in bundles)
+    if not counts:
+        return "none"
+    parts = []
+    for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        shape = ", ".join(f"{k}: {v:g}" for k, v in key)
+        parts.append(f"{n} x {{{shape}}}")
+    return " + ".join(parts)
+
+
+# ------------------------------------------------------------ connecting drivers
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address given."""
+
+
+def enable_token_auth_if_available() -> bool:
+    """Turn token authentication on for this process when a token is at hand.
+
+    Ray 2.60 runs ``ray start --head`` with token auth when ``~/.ray/auth_token`` exists
+    (and every embedded ``ray.init()`` creates that file), and ``ray.init("auto")`` turns
+    it on for the driver, but ``ray.init(address=...)`` with an explicit address does not:
+    such a driver is refused after a long wait. Do what ``"auto"`` does: token mode when
+    ``RAY_AUTH_MODE`` is unset and a token exists. A token sent to a cluster that has
+    authentication off is ignored, so this is safe either way. Call before ``ray.init``."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return os.environ["RAY_AUTH_MODE"].lower() == "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+def resolve_address(address: str | None) -> str:
+    """The cluster address to join: ``address``, else ``RAY_ADDRESS``, else ``"auto"`` (a
+    cluster started with ``ray start`` on this machine). Raises ClusterUnreachable when
+    nothing answers there, quickly (Ray itself waits a minute before giving up)."""
+    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if address.startswith(("ray://", "http://", "https://")):
+        return address  # Ray Client or a job server: Ray checks these itself
+    if address == "auto":
+        found = _local_cluster_address()
+        if found is None:
+            raise ClusterUnreachable(
+                "no Ray cluster found on this machine: start one with `ray start --head` "
+                "or set RAY_ADDRESS (or pass --address) to a running cluster's head"
+            )
+        return found
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(
+            f"Ray cluster address {address!r} is not host:port (e.g. 10.0.0.5:6379): "
+            "set RAY_ADDRESS or --address to the head's GCS address"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=3.0):
+            pass
+    except OSError as exc:
+        raise ClusterUnreachable(
+            f"no Ray cluster at {address} ({exc.strerror or exc}): start one with "
+            "`ray start --head` or set RAY_ADDRESS to a running cluster's head"
+        ) from exc
+    return address
+
+
+def _local_cluster_address() -> str | None:
+    """The address the last ``ray start`` on this machine recorded (in ``RAY_TMPDIR``,
+    default /tmp/ray), if its head still answers."""
+    from ray._private.utils import read_ray_address
+
+    address = read_ray_address(None)
+    if not address:
+        return None
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=3.0):
+            return address.strip()
+    except OSError:
+        return None
+
+
+def connect_driver(address: str | None, *, namespace: str) -> str:
+    """``ray.init`` this process to a running cluster (never starting one). Returns the
+    address joined; raises ClusterUnreachable with what to do."""
+    import ray
+
+    resolved = resolve_address(address)
+    if ray.is_initialized():
+        return resolved
+    enable_token_auth_if_available()
+    try:
+        # The scheduler's and trials' logs stay on the cluster: a CLI call is short.
+        ray.init(
+            address=resolved,
+            namespace=namespace,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    except ConnectionError as exc:
+        raise ClusterUnreachable(
+            f"no Ray cluster at {resolved} answered ({exc}): start one with "
+            "`ray start --head` or set RAY_ADDRESS; if the cluster uses token "
+            "authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or copy its "
+            "~/.ray/auth_token)"
+        ) from exc
+    return resolved
