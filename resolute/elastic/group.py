@@ -477,12 +477,16 @@ class WorkerGroup:
                 self._deferred.append(event)
 
     async def _kill_blocked_in_collectives(self, members: list[_Member]) -> None:
+        import ray
+
         for m in members:
             try:
-                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(), STUCK_PROBE_S)
-            except Exception as exc:  # noqa: BLE001 - an unresponsive worker is lost too
-                self._apply(("lost", m, f"unresponsive while the group re-forms: {exc}"))
+                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(), POLL_S)
+            except ray.exceptions.RayActorError as exc:
+                self._apply(("lost", m, exc))
                 continue
+            except (asyncio.TimeoutError, ray.exceptions.RayError):
+                continue  # busy: the re-formation deadline decides about it
             innermost = stack.rsplit('  File "', 1)[-1]
             if "torch/distributed/" in innermost or "horovod/" in innermost:
                 self._log.info(
@@ -513,13 +517,20 @@ class WorkerGroup:
 
     async def _refill_loop(self) -> None:
         """After a loss, wait for slots to come back (a node rejoins, the autoscaler adds
-        one) and grow back to the target size."""
+        one) and grow back to the target size: all missing ranks at once when they fit,
+        else one at a time as slots appear."""
         while not self.finished and self.size < self._target:
-            try:
-                workers = await self._pool.acquire(
-                    shape=self._shape, n=self._target - self.size, reuse=self.spec.reuse_workers
-                )
-            except ResourcesUnavailable:
+            missing = self._target - self.size
+            workers: list[PooledWorker] = []
+            for n, timeout in ((missing, 2.0), (1, None)):
+                try:
+                    workers = await self._pool.acquire(
+                        shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=timeout
+                    )
+                    break
+                except ResourcesUnavailable:
+                    continue
+            if not workers:
                 continue
             try:
                 await self._warm(workers)

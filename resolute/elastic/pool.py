@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 INFO_TIMEOUT_S = 30.0
 FINISH_TIMEOUT_S = 30.0
+
+
+RETRY_S = 1.0  # how long one placement attempt waits before idle workers are looked at again
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,28 @@ class WorkerPool:
         Raises ``ResourcesUnavailable`` when the new ones cannot be placed in time."""
         if n <= 0:
             return []
+        timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
         taken = await self._take_idle(shape, n, prefer_nodes) if reuse else []
         try:
-            fresh = await self._create(shape, n - len(taken), timeout_s)
+            while True:
+                # Wait for new slots in short rounds: workers that go idle meanwhile (a trial
+                # ending, or being preempted for this one) hold exactly the slots a pending
+                # placement group waits for, so take them instead of waiting past them.
+                left = deadline - time.monotonic()
+                try:
+                    fresh = await self._create(shape, n - len(taken), max(min(RETRY_S, left), 0))
+                    break
+                except ResourcesUnavailable:
+                    if left <= RETRY_S:
+                        raise
+                if reuse:
+                    taken += await self._take_idle(shape, n - len(taken), prefer_nodes)
+                else:
+                    await self.trim(keep=0, shape=shape)
+                if len(taken) == n:
+                    fresh = []
+                    break
         except BaseException:
             await self.release(taken, reuse=True)
             raise

@@ -8,6 +8,7 @@ flushed at once and the caller blocks until the group relays the control plane's
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from resolute.elastic.spec import Report, TrialSpec
 
 FLUSH_INTERVAL_S = 0.2
 SINK_TIMEOUT_S = 60.0
+MAX_HELD = 100_000
 
 
 class SinkReporter:
@@ -39,6 +41,11 @@ class SinkReporter:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_step: int | None = None
+        # The newest metrics step the sink has acknowledged (chief), and this rank's own
+        # copy of the reports it held as a non-chief since then: if the chief dies with
+        # reports still in its buffer, the next chief replays them from here.
+        self.delivered_step = 0
+        self._held: collections.deque[Report] = collections.deque(maxlen=MAX_HELD)
 
     def _ensure_flusher(self) -> None:
         if self._thread is None:
@@ -79,9 +86,29 @@ class SinkReporter:
         """A non-chief rank's report: nothing is sent, but at a decision point the rank
         waits here with the chief (in Python, not inside a collective that could time out),
         released by the same answer that the group relays to every rank."""
-        t = self.time_of(step, metrics)
-        if self._spec.metric in metrics and t >= self._control.target:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+        t = self.time_of(step, clean)
+        self._held.append(Report(kind="metrics", step=int(step), time=t, metrics=clean))
+        if self._spec.metric in clean and t >= self._control.target:
             self._control.wait_at_target(t)
+
+    def prune_held(self, delivered_step: int) -> None:
+        """Forget held reports the sink has already received (told by the chief)."""
+        while self._held and self._held[0].step <= delivered_step:
+            self._held.popleft()
+
+    def replay_held(self, *, delivered_step: int, up_to_step: int) -> int:
+        """As the new chief after the old one was lost: send the held reports the sink may
+        not have received (after ``delivered_step``) up to the restored commit; later
+        steps will be trained and reported again. Returns how many were replayed."""
+        replay = [r for r in self._held if delivered_step < r.step <= up_to_step]
+        self._held.clear()
+        for report in replay:
+            self.emit(report)
+        if replay:
+            self.last_step = replay[-1].step
+            self.flush()
+        return len(replay)
 
     def emit(self, report: Report) -> None:
         with self._buffer_lock:
@@ -101,6 +128,9 @@ class SinkReporter:
                     self._sink.on_reports.remote(self._spec.trial_id, batch),
                     timeout=SINK_TIMEOUT_S,
                 )
+                steps = [r.step for r in batch if r.kind == "metrics"]
+                if steps:
+                    self.delivered_step = max(self.delivered_step, *steps)
             except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
                 self._log.warning(
                     "could not deliver %d report(s) to the control plane: %s", len(batch), exc

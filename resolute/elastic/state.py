@@ -11,9 +11,10 @@
             ddp = ctx.prepare_model(state.model)     # rebuilt for every new world
             while state.step < 1000:
                 loss = train_one_step(ddp, opt)
+                metrics = ctx.all_reduce_mean({"loss": loss})   # collectives before commit
                 state.step += 1
                 state.commit()                        # the group may re-form here
-                ctx.report(state.step, {"loss": loss})
+                ctx.report(state.step, metrics)
                 if ctx.should_stop():
                     state.save_checkpoint()
                     return
@@ -28,8 +29,11 @@ restores its last commit, joins the new process group, and the rank with the new
 commit broadcasts its state to everyone, newcomers included; then ``loop`` is called again.
 So ``loop`` must be re-entrant: build everything that depends on the world (the DDP
 wrapper, loaders, samplers) inside it, and resume from ``state.step``. Work since the last
-commit is redone; committed steps never are. Report after ``commit`` (as above) and every
-reported step appears exactly once.
+commit is redone; committed steps never are. Report right after ``commit``, with no
+collective in between (as above: reduce the metrics before committing), and every
+reported step reaches the control plane: if the chief dies with reports still unsent, the
+next chief replays its own copies of them (so report the same values on every rank; the
+control plane drops a replay of a step it already has).
 
 A durable checkpoint is written every ``checkpoint_period`` steps (the experiment's
 setting) at commit time, through ``ctx.save_checkpoint``. When the run starts from a
@@ -134,8 +138,13 @@ class ElasticState:
         here, at the same step, before this step's commit."""
         membership = self._ctx.membership
         if membership is not None:
-            pending = membership.pending_generation() > membership.generation
-            if bool(self._ctx.distributed.broadcast_object(pending, src=0)):
+            signal = (
+                membership.pending_generation() > membership.generation,
+                membership.delivered_step(),
+            )
+            pending, delivered = self._ctx.distributed.broadcast_object(signal, src=0)
+            membership.prune_replays(int(delivered))
+            if pending:
                 raise Reform(planned=True)
         self._commits += 1
         self._saved = self.state_dict()
@@ -185,6 +194,7 @@ class ElasticState:
         while True:
             try:
                 self.sync()
+                membership.replay_after_reform(up_to_step=int(self._fields["step"]))
                 return fn(self)
             except Reform as reform:
                 cause: BaseException = reform

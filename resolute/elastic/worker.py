@@ -79,6 +79,8 @@ class _Membership:
 
     def __init__(self, run: _TrialRun) -> None:
         self._run = run
+        self._was_chief = True
+        self._delivered = 0
 
     @property
     def generation(self) -> int:
@@ -98,8 +100,25 @@ class _Membership:
     def on_commit(self, *, commits: int, step: int) -> None:
         self._run.control.note_commit(commits=commits, step=step)
 
+    def delivered_step(self) -> int:
+        return self._run.reporter.delivered_step
+
+    def prune_replays(self, delivered_step: int) -> None:
+        self._delivered = delivered_step
+        self._run.reporter.prune_held(delivered_step)
+
+    def replay_after_reform(self, *, up_to_step: int) -> None:
+        if self._run.dist.world.rank == 0 and not self._was_chief:
+            n = self._run.reporter.replay_held(
+                delivered_step=self._delivered, up_to_step=up_to_step
+            )
+            if n:
+                self._run.log.info("replayed %d report(s) the lost chief may not have sent", n)
+        self._was_chief = self._run.dist.world.rank == 0
+
     def leave_and_rejoin(self, cause: BaseException, *, planned: bool) -> WorldInfo:
         run = self._run
+        self._was_chief = run.dist.world.rank == 0
         run.backend.teardown()
         # The old process group closes its sockets only when collected; collect now so that
         # peers blocked on this rank fail sooner (the group kills ranks that stay stuck).

@@ -47,3 +47,15 @@ async def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 60.0) -> 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.05)
+
+
+def first_deliveries(reports: list[Report]) -> tuple[list[Report], int]:
+    """The metrics stream as the scheduler keeps it: a report whose step is not newer than
+    one already received in this run is a replay (sent again by a new chief after the
+    old one was lost) and is dropped. Returns the kept reports and the number dropped."""
+    kept: list[Report] = []
+    for r in reports:
+        if kept and r.step <= kept[-1].step:
+            continue
+        kept.append(r)
+    return kept, len(reports) - len(kept)

@@ -19,7 +19,7 @@ import torch
 from resolute.context import TrialContext
 from resolute.elastic.group import WorkerGroup
 
-from .helpers import trial_log, wait_for
+from .helpers import first_deliveries, trial_log, wait_for
 from .userfns import fns
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,9 @@ def test_a_killed_rank_is_replaced_and_the_run_finishes_without_a_restart(
     assert outcome.counts_as_restart is False
     assert outcome.workers_lost >= 1
     assert outcome.reformations >= 1
-    assert [r.step for r in reports] == list(range(1, steps + 1))
+    kept, replays = first_deliveries(reports)
+    assert [r.step for r in kept] == list(range(1, steps + 1))
+    assert replays <= 50
     messages = [e.message for e in events]
     assert any(f"(pid {victim_pid}) lost" in m for m in messages), messages
     assert any("re-formed generation 1" in m for m in messages), messages

@@ -115,11 +115,14 @@ def elastic_regression(ctx):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            # Every rank reports the same (reduced) values, so whichever rank is chief, and a
+            # replay after the chief is lost, sends what the old chief would have. The
+            # reduction is a collective: it comes before commit(), so that nothing between
+            # commit() and report() can fail.
+            metrics = ctx.all_reduce_mean({"loss": float(loss.detach())})
             state.step += 1
             state.commit()
-            ctx.report(
-                state.step, {"loss": float(loss.detach()), "world_size": float(ctx.world_size)}
-            )
+            ctx.report(state.step, {**metrics, "world_size": float(ctx.world_size)})
             if delay:
                 time.sleep(delay)
             if ctx.should_stop():
