@@ -33,17 +33,6 @@ class RoundResult:
     unmet: list[dict[str, float]]  # bundles the cluster could not give (for the autoscaler)
 
 
-def cluster_nodes() -> list[NodeSpec]:
-    """The alive Ray nodes with their total resources (works without the dashboard)."""
-    import ray
-
-    return [
-        NodeSpec(n["NodeID"], {k: float(v) for k, v in n.get("Resources", {}).items()})
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
-
-
 def slot_shape(exp: object) -> dict[str, float]:
     res = exp.config.resources  # type: ignore[attr-defined]
     shape = {"CPU": float(res.cpus_per_slot)}
@@ -55,8 +44,8 @@ def slot_shape(exp: object) -> dict[str, float]:
 def _free_nodes(
     nodes: Sequence[NodeSpec], pinned: Iterable[tuple[dict[str, int], dict[str, float]]]
 ) -> list[NodeSpec]:
-    """Node capacity less what trials the policy may not move hold (starting, resizing or
-    winding down). Ranks on an unknown node are charged to the roomiest node."""
+    """Node capacity less what trials the policy may not move hold (starting or resizing).
+    Ranks on an unknown node are charged to the roomiest node."""
     free = {n.node_id: dict(n.resources) for n in nodes}
     for placement, shape in pinned:
         for node, ranks in placement.items():
@@ -89,19 +78,17 @@ def plan_round(
             continue
         slots = exp.config.resources.slots_per_trial  # type: ignore[attr-defined]
         shape = slot_shape(exp)
-        specs.append(
-            ExperimentSpec(
-                exp.id,  # type: ignore[attr-defined]
-                priority=exp.priority,  # type: ignore[attr-defined]
-                weight=exp.weight,  # type: ignore[attr-defined]
-                max_slots=exp.max_slots,  # type: ignore[attr-defined]
-            )
-        )
+        reserved = 0
         for tr in exp.holding():  # type: ignore[attr-defined]
+            if tr.request is not None:
+                # Winding down: its slots were given away when it was told to stop, and the
+                # next group's placement waits for them. Counting them again would hand
+                # them out twice.
+                continue
             placement = tr.placement()
-            movable = tr.group is not None and tr.request is None and not tr.resizing
-            if not movable:
+            if tr.group is None or tr.resizing:  # starting or resizing: not to be moved
                 pinned.append((placement or {"?": tr.slots}, shape))
+                reserved += tr.slots
                 continue
             trials[tr.trial_id] = tr
             demands.append(
@@ -116,6 +103,15 @@ def plan_round(
                     last_resize=tr.last_resize,
                 )
             )
+        specs.append(
+            ExperimentSpec(
+                exp.id,  # type: ignore[attr-defined]
+                priority=exp.priority,  # type: ignore[attr-defined]
+                weight=exp.weight,  # type: ignore[attr-defined]
+                max_slots=exp.max_slots,  # type: ignore[attr-defined]
+                reserved=reserved,
+            )
+        )
         for tr in exp.queued():  # type: ignore[attr-defined]
             trials[tr.trial_id] = tr
             demands.append(
@@ -152,6 +148,7 @@ def apply_round(result: RoundResult, trials: dict[int, TrialRun], owners: dict[i
         tr = trials[trial_id]
         exp = owners[trial_id]
         if alloc.change == Change.START:
+            log.info("trial %s starts with %d slot(s)", trial_id, alloc.size)
             exp.start_trial(tr, alloc.size)  # type: ignore[attr-defined]
         elif alloc.change == Change.PREEMPT:
             log.info("trial %s preempted (its slots go to other trials)", trial_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -210,14 +211,17 @@ def in_use_bundles() -> list[Bundle]:
 
 
 def autoscaler_report() -> dict[str, Any] | None:
-    """The autoscaler (v1) monitor's last report: nodes launching, failed, demand; None
-    when the monitor has written none yet."""
+    """The autoscaler (v1) monitor's last report: node types, nodes launching, failed,
+    the request in place; None where no v1 monitor has written one (v2, or just started).
+
+    Every head runs a monitor, also with no autoscaling config (a read-only one that only
+    mirrors the nodes it finds): ``autoscaling`` tells the two apart."""
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get
 
     try:
         raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    except Exception:  # an older or newer Ray without this key: no report, not an error
+    except Exception:  # a Ray without this key: no report, not an error
         log.debug("no autoscaler report", exc_info=True)
         return None
     if not raw:
@@ -225,7 +229,11 @@ def autoscaler_report() -> dict[str, Any] | None:
     data = json.loads(raw)
     report = data.get("autoscaler_report") or {}
     load = data.get("load_metrics_report") or {}
+    types = set((report.get("node_type_mapping") or {}).values())
+    types |= set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
     return {
+        "autoscaling": any(not _is_mirrored_type(t) for t in types),
+        "node_types": sorted(types),
         "pending_launches": dict(report.get("pending_launches") or {}),
         "pending_nodes": [list(p) for p in report.get("pending_nodes") or []],
         "failed_nodes": [list(f) for f in report.get("failed_nodes") or []],
@@ -234,6 +242,33 @@ def autoscaler_report() -> dict[str, Any] | None:
         ],
         "time": data.get("time"),
     }
+
+
+def _is_mirrored_type(node_type: str) -> bool:
+    # The read-only monitor names each node's type "node_<its id>" (format_readonly_node_type).
+    return re.fullmatch(r"node_[0-9a-f]{16,}", node_type) is not None
+
+
+def can_autoscale() -> bool:
+    """Whether an autoscaler may add nodes to this cluster (``ray up``/KubeRay clusters and
+    ``ray start --head --autoscaling-config``; not an embedded ``ray.init()`` or a plain
+    ``ray start`` cluster). Autoscaler v1 is read from its report, v2 from GCS."""
+    report = autoscaler_report()
+    if report is not None:
+        return bool(report["autoscaling"])
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    try:
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:
+        log.debug("no cluster status from GCS", exc_info=True)
+        return False
+    if status.stats.autoscaler_version in (None, "", "0"):
+        return False  # no v2 autoscaler has reported
+    nodes = [*status.active_nodes, *status.idle_nodes, *status.pending_nodes]
+    names = {n.ray_node_type_name for n in nodes if n.ray_node_type_name}
+    return bool(status.pending_launches) or any(not _is_mirrored_type(t) for t in names)
 
 
 def _send_to_autoscaler(bundles: list[Bundle]) -> None:

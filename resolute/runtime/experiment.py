@@ -83,6 +83,8 @@ class ExperimentRun(ReportHandling):
         self.error: str | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.slot_seconds = 0.0  # slots held x seconds, over the experiment's life
+        self._accounted_at = time.monotonic()
         self.finished = asyncio.Event()
 
     # ----------------------------------------------------------------- searcher calls
@@ -231,9 +233,16 @@ class ExperimentRun(ReportHandling):
     def used_slots(self) -> int:
         return sum(t.slots for t in self.trials.values())
 
+    def _account(self) -> None:
+        """Add the slot-seconds held since the last change (call before slots change)."""
+        now = time.monotonic()
+        self.slot_seconds += (now - self._accounted_at) * self.used_slots()
+        self._accounted_at = now
+
     def start_trial(self, tr: TrialRun, n: int) -> None:
         """Start a queued trial with ``n`` ranks (the allocator found the slots)."""
         tr.queued = False
+        self._account()
         tr.slots = n  # counted as used while its group starts
         tr.last_resize = time.monotonic()
         self._spawn(self._run_trial(tr, n))
@@ -269,6 +278,7 @@ class ExperimentRun(ReportHandling):
     async def _resize(self, tr: TrialRun, n: int) -> None:
         group, before = tr.group, tr.slots
         if n > before:
+            self._account()
             tr.slots = n  # reserve the new slots while the new ranks warm up
         refused = False
         try:
@@ -283,9 +293,11 @@ class ExperimentRun(ReportHandling):
         finally:
             tr.resizing = False
         if done:
+            self._account()
             tr.slots, tr.last_resize = n, time.monotonic()
             self._decision(tr, f"resized {before} -> {n}")
         elif tr.group is group:
+            self._account()
             tr.slots = before
             tr.resizable = not refused
             if n < before and refused:
@@ -332,6 +344,7 @@ class ExperimentRun(ReportHandling):
             # Our count promised the slots but Ray could not place them (a node went away,
             # another tenant took them): back to the queue, nothing lost.
             log.warning("trial %s: %s; queued again", tr.trial_id, exc)
+            self._account()
             tr.slots = 0
             self._enqueue(tr)
             await asyncio.sleep(1.0)
@@ -339,6 +352,7 @@ class ExperimentRun(ReportHandling):
             return
         except EntrypointError as exc:
             # Every trial would fail the same way: end the experiment now, with the reason.
+            self._account()
             tr.slots = 0
             async with self._lock:
                 self._end_trial(tr, TrialStatus.ERRORED, error=str(exc))
@@ -366,6 +380,7 @@ class ExperimentRun(ReportHandling):
                     await group.shutdown()
                 except Exception:
                     log.exception("trial %s: shutting down its worker group", tr.trial_id)
+        self._account()
         tr.slots = 0
         if getattr(outcome, "checkpoint_uri", None):
             tr.latest_checkpoint = outcome.checkpoint_uri

@@ -20,7 +20,9 @@ The rules, in the order they apply:
    slots back (the lender shrinks toward its min) before it preempts a whole trial.
 4. **Anti-thrash.** A running trial resized less than ``cooldown_s`` ago keeps its size when
    that still fits and no rule above forces it lower.
-5. ``max_slots`` caps an experiment's total.
+5. ``max_slots`` caps an experiment's total. Slots an experiment holds that the policy may
+   not move (``reserved``: groups starting or winding down) count toward its share and cap;
+   the caller takes their capacity off the nodes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ExperimentSpec:
     priority: int = 42
     weight: float = 1.0
     max_slots: int | None = None
+    reserved: int = 0  # slots it holds that no rule may move (starting, winding down)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def allocate(
     exps = {e.experiment_id: e for e in experiments}
     cluster = _new_cluster(nodes, trials)
     plans: dict[int, dict[str, int]] = {}
-    used: dict[int, int] = {e: 0 for e in exps}
+    used: dict[int, int] = {e: spec.reserved for e, spec in exps.items()}
     by_tier: dict[int, list[TrialDemand]] = {}
     for t in trials:
         by_tier.setdefault(exps[t.experiment_id].priority, []).append(t)

@@ -139,4 +139,6 @@ class ReportHandling:
             "weight": self.weight,
             "max_slots": self.max_slots,
             "used_slots": self.used_slots(),
+            "slot_seconds": self.slot_seconds
+            + (time.monotonic() - self._accounted_at) * self.used_slots(),
         }

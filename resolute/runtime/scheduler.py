@@ -23,7 +23,8 @@ import ray
 from resolute.config import ExperimentConfig
 from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
-from resolute.runtime.allocator import apply_round, cluster_nodes, plan_round, slot_shape
+from resolute.runtime.allocator import apply_round, plan_round, slot_shape
+from resolute.runtime.cluster import ClusterView, autoscaler_report
 from resolute.runtime.experiment import ExperimentRun
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
@@ -54,14 +55,6 @@ def default_journal_url() -> str:
     return f"sqlite:///{home / 'resolute.db'}"
 
 
-def _autoscaler(cap: int) -> Any:
-    try:
-        from resolute.runtime.cluster import ClusterView
-    except ImportError:  # pragma: no cover - until the cluster view lands
-        return None
-    return ClusterView(max_bundles=cap)
-
-
 class SchedulerCore:
     """The scheduler's logic, apart from the actor class (which only forwards calls)."""
 
@@ -78,7 +71,8 @@ class SchedulerCore:
 
         self.journal = Journal(journal_url)
         self.pool = WorkerPool()
-        self.cluster = _autoscaler(autoscale_cap) if autoscale else None
+        self.view = ClusterView(max_pending_bundles=max(autoscale_cap, 1))
+        self.cluster = self.view if autoscale else None
         self._self = self_handle
         self.cooldown_s = cooldown_s
         self.autoscale_cap = autoscale_cap
@@ -90,7 +84,7 @@ class SchedulerCore:
 
     # ------------------------------------------------------------ allocation
     def _nodes(self) -> list[Any]:
-        return cluster_nodes()
+        return self.view.nodes()
 
     def _on_change(self) -> None:
         self._changed.set()
@@ -108,7 +102,7 @@ class SchedulerCore:
             except Exception:
                 log.exception("allocation round failed; retrying at the next change")
         if self.cluster is not None:
-            self.cluster.request([])  # nothing left to ask the autoscaler for
+            self.cluster.withdraw()  # nothing left to ask the autoscaler for
 
     def allocation_round(self) -> int:
         live = [e for e in self.experiments.values() if not e.finished.is_set()]
@@ -141,7 +135,7 @@ class SchedulerCore:
 
         Without an autoscaler the biggest possible cluster is today's; with one, nodes may
         still come, so only a trial larger than every node type together is refused there."""
-        if self.cluster is not None and self.cluster.autoscaling():
+        if autoscaler_report() is not None:
             return
         res = config.resources
         shape = {"CPU": float(res.cpus_per_slot)}
@@ -320,7 +314,7 @@ class SchedulerCore:
                 await asyncio.wait_for(exp.finished.wait(), 30)
             exp.tracker.close()
         if self.cluster is not None:
-            self.cluster.request([])
+            self.cluster.withdraw()
         await self.pool.close()
 
 

@@ -210,3 +210,27 @@ def test_allocation_never_oversubscribes_any_node():
         )
     assert load["n0"] <= 3 and load["n1"] <= 5 and load["n2"] <= 2
     assert sum(load.values()) == 10  # and nothing idle while someone could grow
+
+
+def test_reserved_slots_count_toward_fair_share():
+    # B (weight 2) already holds 2 slots that are still starting (reserved; their capacity
+    # is off the nodes). Of 2 free slots A gets the first (share 0 < B's 2/2), then A and B
+    # tie at 1 and the older trial, A's, gets the second: 2 : 2+0 over 4 slots.
+    exps = [ExperimentSpec(1, weight=1.0), ExperimentSpec(2, weight=2.0, reserved=2)]
+    demands = [trial(i, 1, order=i) for i in range(1, 4)]
+    demands += [trial(10 + i, 2, order=10 + i) for i in range(1, 4)]
+    result = allocate(nodes=nodes(2), experiments=exps, trials=demands)
+    per_exp = {1: 0, 2: 0}
+    for t in demands:
+        per_exp[t.experiment_id] += result[t.trial_id].size
+    assert per_exp == {1: 2, 2: 0}
+    # without the reservation the 2 free slots split 1 : 1
+    exps_free = [ExperimentSpec(1, weight=1.0), ExperimentSpec(2, weight=2.0)]
+    result = allocate(nodes=nodes(2), experiments=exps_free, trials=demands)
+    assert sum(result[t.trial_id].size for t in demands if t.experiment_id == 2) == 1
+
+
+def test_reserved_slots_count_toward_max_slots():
+    exps = [ExperimentSpec(1, max_slots=2, reserved=2)]
+    result = allocate(nodes=nodes(4), experiments=exps, trials=[trial(1, 1)])
+    assert result[1].size == 0
