@@ -161,7 +161,6 @@ class FakeAutoscalingCluster:
             "--disable-usage-stats",
             "--include-dashboard=false",
             f"--port={port}",
-            f"--temp-dir={self.root / 't'}",
             f"--autoscaling-config={config_path}",
             f"--num-cpus={int(head.pop('CPU', 0))}",
             f"--num-gpus={int(head.pop('GPU', 0))}",
