@@ -45,17 +45,25 @@ def _free_nodes(
     nodes: Sequence[NodeSpec], pinned: Iterable[tuple[dict[str, int], dict[str, float]]]
 ) -> list[NodeSpec]:
     """Node capacity less what trials the policy may not move hold (starting or resizing).
-    Ranks on an unknown node are charged to the roomiest node."""
+    Ranks whose node is not known yet are charged where they fit, roomiest node first."""
     free = {n.node_id: dict(n.resources) for n in nodes}
+
+    def fits(node: str, shape: dict[str, float]) -> bool:
+        return all(free[node].get(k, 0.0) >= v - 1e-9 for k, v in shape.items())
+
+    def charge(node: str, shape: dict[str, float], ranks: int) -> None:
+        for k, v in shape.items():
+            free[node][k] = free[node].get(k, 0.0) - v * ranks
+
     for placement, shape in pinned:
         for node, ranks in placement.items():
-            target = node
-            if target not in free:
-                target = max(free, key=lambda k: free[k].get("CPU", 0.0), default="")
-            if not target:
+            if node in free:
+                charge(node, shape, ranks)
                 continue
-            for k, v in shape.items():
-                free[target][k] = free[target].get(k, 0.0) - v * ranks
+            for _ in range(ranks):
+                room = [n for n in free if fits(n, shape)]
+                if room:
+                    charge(max(room, key=lambda n: free[n].get("CPU", 0.0)), shape, 1)
     return [NodeSpec(k, {r: max(v, 0.0) for r, v in res.items()}) for k, res in free.items()]
 
 

@@ -299,7 +299,9 @@ class ExperimentRun(ReportHandling):
         elif tr.group is group:
             self._account()
             tr.slots = before
-            tr.resizable = not refused
+            # Turned down by user code that runs without ctx.elastic_state: stop asking.
+            # (A trial that has not reported yet may just not be in its loop yet.)
+            tr.resizable = not (refused and tr.last_step >= 0)
             if n < before and refused:
                 # The user code cannot shrink in place (no ctx.elastic_state): take the
                 # slots back the slow way, through a checkpoint.

@@ -83,9 +83,15 @@ def test_priority_shrinks_first_then_preempts_and_low_resumes(cluster, tmp_path)
         resources={"slots_per_trial": {"min": 1, "max": 2}, "priority": 50},
     )
     low = client.submit(conn, low_cfg)
-    # Both low trials run, lent the idle slots (2 ranks each).
+    # Both low trials run, lent the idle slots (2 ranks each), inside their training loop.
+    journal = Journal(conn.journal_url)
     wait_until(
-        lambda: client.call(conn, "status", low)["used_slots"] == 4, 120, "low to fill 4 slots"
+        lambda: (
+            client.call(conn, "status", low)["used_slots"] == 4
+            and len([t for t in journal.list_trials(low) if (t.last_step or 0) >= 5]) == 2
+        ),
+        120,
+        "low to fill 4 slots and train",
     )
     high_cfg = config(
         tmp_path,
@@ -100,7 +106,6 @@ def test_priority_shrinks_first_then_preempts_and_low_resumes(cluster, tmp_path)
     low_summary = client.follow(conn, low, poll_s=0.5)
     assert low_summary["status"] == "COMPLETED", low_summary
 
-    journal = Journal(conn.journal_url)
     mc = mlflow.MlflowClient(tracking_uri=default_tracking_uri(str(tmp_path / "storage")))
     decisions = {}
     for t in journal.list_trials(low):
