@@ -79,7 +79,11 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             sys.exit(2)
         from resolute.runtime import client
 
-        conn = client.connect(address)
+        try:
+            conn = client.connect(address)
+        except ResoluteError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
         if conn.embedded and not follow:
             click.echo(
                 "--detach needs a cluster: with no --address/RAY_ADDRESS the experiment runs "

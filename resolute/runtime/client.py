@@ -51,7 +51,7 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
                 log_to_driver=os.environ.get("RESOLUTE_WORKER_LOGS", "0") == "1",
             )
         else:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+            _join(address)
     try:
         scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
     except ValueError:
@@ -60,6 +60,18 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
             options.update(lifetime="detached", get_if_exists=True)
         scheduler = Scheduler.options(**options).remote(journal_url or default_journal_url())
     return Connection(scheduler=scheduler, embedded=embedded, address=address)
+
+
+def _join(address: str) -> None:
+    """Join a running cluster as a driver (token auth handled); a clear error if none."""
+    from resolute.errors import SchedulerError
+    from resolute.runtime.cluster import ClusterUnreachable, connect_driver
+    from resolute.runtime.scheduler import NAMESPACE
+
+    try:
+        connect_driver(address, namespace=NAMESPACE)
+    except ClusterUnreachable as exc:
+        raise SchedulerError(str(exc)) from exc
 
 
 def attach(address: str | None = None) -> Connection:
@@ -78,13 +90,7 @@ def attach(address: str | None = None) -> Connection:
             "`resolute experiment create` and ends with it)"
         )
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
-        except ConnectionError as exc:
-            raise SchedulerError(
-                f"no Ray cluster at {address}: start one with `ray start --head` or fix "
-                f"RAY_ADDRESS ({exc})"
-            ) from exc
+        _join(address)
     try:
         scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
     except ValueError as exc:
