@@ -102,3 +102,7 @@ def _register_runtime_verbs() -> None:
 
 
 _register_runtime_verbs()
+
+
+if __name__ == "__main__":
+    main()

@@ -45,3 +45,32 @@ def fixed(ctx):
         step += 1
         ctx.report(step, {"loss": 1.0 / step})
     ctx.save_checkpoint({"step": step})
+
+
+def grow_until(ctx):
+    """Elastic training that ends on its own once it has trained ``settle`` steps at
+    ``target`` ranks (or after ``max_steps``): for tests of clusters that grow."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    state = ctx.elastic_state(model=model, optimizer=opt, step=0, at_target=0)
+    delay = float(ctx.hparams.get("delay", 0.05))
+    target, settle = int(ctx.hparams["target"]), int(ctx.hparams.get("settle", 10))
+    max_steps = int(ctx.hparams.get("max_steps", 3000))
+
+    def loop(state):
+        net = ctx.prepare_model(state.model)
+        while state.step < max_steps and state.at_target < settle and not ctx.should_stop():
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(state.step))
+            loss = torch.nn.functional.mse_loss(net(x), x.sum(dim=1, keepdim=True))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state.step += 1
+            state.at_target = state.at_target + 1 if ctx.world_size >= target else 0
+            state.commit()
+            ctx.report(state.step, {"loss": float(loss), "world_size": float(ctx.world_size)})
+            time.sleep(delay)
+
+    state.run(loop)
