@@ -103,6 +103,9 @@ class SchedulerCore:
                 log.exception("allocation round failed; retrying at the next change")
         if self.cluster is not None:
             self.cluster.withdraw()  # nothing left to ask the autoscaler for
+        # Idle warm workers hold their slots: with nothing to run they would keep autoscaled
+        # nodes busy forever. The next experiment pays one cold start instead.
+        await self.pool.trim(keep=0)
 
     def allocation_round(self) -> int:
         live = [e for e in self.experiments.values() if not e.finished.is_set()]
