@@ -99,6 +99,9 @@ def _register_runtime_verbs() -> None:
             raise
         return  # a build without the runtime verbs: validate and preview still work
     register(experiment, trial)
+    from resolute.cli_cluster import register as register_cluster
+
+    register_cluster(main)
 
 
 _register_runtime_verbs()
