@@ -153,6 +153,15 @@ class DistributedContext:
             return obj
         return self.backend.broadcast_object(obj, src=src)
 
+    def broadcast_ints(self, values: list[int], *, src: int = 0) -> list[int]:
+        """Every rank gets rank ``src``'s ``values`` (same length on every rank)."""
+        if self.backend is None or self.world.world_size == 1:
+            return list(values)
+        fast = getattr(self.backend, "broadcast_ints", None)
+        if fast is not None:
+            return fast(list(values), src=src)  # type: ignore[no-any-return]
+        return list(self.backend.broadcast_object(list(values), src=src))
+
     def barrier(self) -> None:
         if self.backend is not None and self.world.world_size > 1:
             self.backend.barrier()
@@ -471,7 +480,7 @@ class TrialContext:
         """True when the control plane asked the trial to stop or pause; the code should
         then save a checkpoint and return. A collective: every rank gets the chief's
         answer, so all ranks stop at the same step. Call it on every rank."""
-        return bool(self._dist.broadcast_object(self._reporting.stop_requested, src=0))
+        return bool(self._dist.broadcast_ints([int(self._reporting.stop_requested)])[0])
 
     @property
     def local_reports(self) -> list[Report]:

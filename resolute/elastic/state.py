@@ -138,12 +138,12 @@ class ElasticState:
         here, at the same step, before this step's commit."""
         membership = self._ctx.membership
         if membership is not None:
-            signal = (
-                membership.pending_generation() > membership.generation,
+            signal = [
+                int(membership.pending_generation() > membership.generation),
                 membership.delivered_step(),
-            )
-            pending, delivered = self._ctx.distributed.broadcast_object(signal, src=0)
-            membership.prune_replays(int(delivered))
+            ]
+            pending, delivered = self._ctx.distributed.broadcast_ints(signal)
+            membership.prune_replays(delivered)
             if pending:
                 raise Reform(planned=True)
         self._commits += 1

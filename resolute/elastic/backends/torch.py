@@ -188,6 +188,18 @@ class TorchBackend:
         dist.broadcast_object_list(box, src=src, device=device)
         return box[0]
 
+    def broadcast_ints(self, values: list[int], *, src: int = 0) -> list[int]:
+        """Broadcast a few integers as one tensor: the per-step control signals (stop,
+        re-form) without ``broadcast_object``'s pickling and two round trips."""
+        world = self._require_world()
+        if world.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64)
+        if world.use_gpu and torch.cuda.is_available():
+            tensor = tensor.to(self.device_for(world))
+        dist.broadcast(tensor, src=src)
+        return [int(v) for v in tensor.tolist()]
+
     def barrier(self) -> None:
         world = self._require_world()
         if world.world_size == 1:
