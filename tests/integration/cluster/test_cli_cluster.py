@@ -148,26 +148,25 @@ def test_up_status_down_on_a_real_head(
     assert again.returncode == 0, again.stderr
     assert "already runs" in again.stdout
 
-    status = run_cli(cluster, "status", env=env)
+    # No address: the cluster that `ray start` recorded in RAY_TMPDIR ("auto").
+    auto_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    status = run_cli(cluster, "status", env=auto_env)
     assert status.returncode == 0, status.stderr
-    assert "1 node(s) alive, 1 CPU slot(s), 0 in use" in status.stdout
+    assert f"cluster at {cluster.address}: 1 node(s) alive, 1 CPU slot(s), 0 in use" in (
+        status.stdout
+    )
     assert "scheduler: running" in status.stdout
     assert "experiments: none" in status.stdout
-
-    # "auto": no address given, the cluster `ray start` recorded in RAY_TMPDIR
-    auto_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    as_json = run_cli(cluster, "status", "--json", env=auto_env)
-    assert as_json.returncode == 0, as_json.stderr
-    data = json.loads(as_json.stdout)
-    assert data["address"] == cluster.address
-    assert [n["head"] for n in data["nodes"]] == [True]
 
     down = run_cli(cluster, "down", env=env)
     assert down.returncode == 0, down.stderr
     assert f"resolute scheduler stopped on {cluster.address}" in down.stdout
-    after = run_cli(cluster, "status", env=env)
+    after = run_cli(cluster, "status", "--json", env=env)
     assert after.returncode == 0, after.stderr
-    assert "scheduler: not running: start it with `resolute cluster up`" in after.stdout
+    data = json.loads(after.stdout)
+    assert data["scheduler"] == "not running: start it with `resolute cluster up`"
+    assert data["address"] == cluster.address
+    assert [n["head"] for n in data["nodes"]] == [True]
     gone = run_cli(cluster, "down", env=env)
     assert gone.returncode == 0 and "nothing to stop" in gone.stdout
     assert Path(tmp_path / "journal.db").exists(), "the scheduler used the journal it was given"
