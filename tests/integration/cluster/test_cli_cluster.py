@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,70 @@ def test_up_status_down_on_a_real_head(
     gone = run_cli(cluster, "down", env=env)
     assert gone.returncode == 0 and "nothing to stop" in gone.stdout
     assert Path(tmp_path / "journal.db").exists(), "the scheduler used the journal it was given"
+
+
+SLOW_TRIAL = """
+import time
+
+
+def train(ctx):
+    for step in range(1, 200):
+        time.sleep(0.25)
+        ctx.report(step, {"loss": 1.0 / step})
+        if ctx.should_stop():
+            return
+"""
+
+
+@pytest.mark.integration
+def test_status_shows_the_experiments_of_the_scheduler(
+    autoscaling_cluster: FakeAutoscalingCluster, tmp_path: Path
+) -> None:
+    import ray
+    import yaml
+
+    from resolute.config import load_config
+    from resolute.runtime import client
+
+    env = dict(os.environ)
+    env.update(autoscaling_cluster.driver_env())
+    env.pop("RAY_AUTH_MODE", None)
+    journal = f"sqlite:///{tmp_path / 'journal.db'}"
+    up = run_cli(autoscaling_cluster, "up", "--journal-url", journal, env=env)
+    assert up.returncode == 0, up.stderr
+
+    (tmp_path / "slow.py").write_text(SLOW_TRIAL)
+    (tmp_path / "exp.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "slow-single",
+                "entrypoint": "slow:train",
+                "storage": str(tmp_path / "storage"),
+                "hyperparameters": {"x": 1},
+                "searcher": {"name": "single", "metric": "loss", "max_time": 199},
+                "tracking": {"tensorboard": False},
+            }
+        )
+    )
+    conn = client.connect(autoscaling_cluster.address)  # finds the scheduler `up` started
+    exp_id = client.submit(conn, load_config(tmp_path / "exp.yaml"))
+    deadline = time.monotonic() + 120
+    while True:
+        snap = ray.get(conn.scheduler.cluster_status.remote(), timeout=30)
+        mine = [e for e in snap["experiments"] if e["id"] == exp_id]
+        if mine and mine[0]["used_slots"] == 1 and mine[0]["running_trials"] == 1:
+            break
+        assert time.monotonic() < deadline, f"the trial never ran: {snap}"
+        time.sleep(0.5)
+
+    status = run_cli(autoscaling_cluster, "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "1 node(s) alive, 1 CPU slot(s), 1 in use (100%)" in status.stdout
+    row = next(line for line in status.stdout.splitlines() if "slow-single" in line)
+    assert row.split() == [str(exp_id), "slow-single", "42", "1", "1", "1", "0"]
+
+    down = run_cli(autoscaling_cluster, "down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert f"stopping 1 active experiment(s): {exp_id} (slow-single)" in down.stdout
+    with pytest.raises(ValueError):
+        ray.get_actor("scheduler", namespace="resolute")
