@@ -129,7 +129,7 @@ def test_priority_shrinks_first_then_preempts_and_low_resumes(cluster, tmp_path)
 def test_equal_priority_shares_slots_by_weight(cluster, tmp_path):
     cluster.add_node(num_cpus=3)
     conn = connect(cluster, tmp_path, cooldown_s=0.0)
-    common = {"name": "random", "max_trials": 16, "max_time": 40}
+    common = {"name": "random", "max_trials": 24, "max_time": 60}
     a = client.submit(
         conn,
         config(tmp_path, "w1", searcher=common, resources={"weight": 1.0}, fn="fixed"),
@@ -147,13 +147,14 @@ def test_equal_priority_shares_slots_by_weight(cluster, tmp_path):
         counts = [client.call(conn, "status", e)["counts"] for e in (a, b)]
         return all(c.get("QUEUED", 0) + c.get("PENDING", 0) >= 1 for c in counts)
 
-    deadline = time.monotonic() + 25.0
+    deadline = time.monotonic() + 40.0
     while time.monotonic() < deadline and both_busy():
         time.sleep(0.5)
     s1 = {e: client.call(conn, "status", e)["slot_seconds"] for e in (a, b)}
     got_a, got_b = s1[a] - s0[a], s1[b] - s0[b]
     assert got_a + got_b > 30, (got_a, got_b)  # a real window, 3 slots busy
     ratio = got_b / got_a
+    print(f"weighted fair share: B/A slot-seconds = {ratio:.3f} (target 2, within 10%)")
     assert 1.8 <= ratio <= 2.2, (ratio, got_a, got_b)
     for e in (a, b):
         assert client.follow(conn, e, poll_s=0.5)["status"] == "COMPLETED"
