@@ -117,11 +117,11 @@ class WorkerGroup:
         if self._outcome is not None:
             raise RuntimeError("a WorkerGroup runs one trial once; create a new one")
         self._check_size(n_workers)
-        self._outcome = asyncio.get_running_loop().create_future()
         self._target = n_workers
         workers = await self._pool.acquire(
             shape=self._shape, n=n_workers, reuse=self.spec.reuse_workers
         )
+        self._outcome = asyncio.get_running_loop().create_future()
         try:
             await self._warm(workers)
             order = order_by_node([w.node_id for w in workers])
@@ -210,6 +210,8 @@ class WorkerGroup:
             await self._pool.discard([m.worker for m in self._members + self._leaving])
             self._members, self._leaving = [], []
             self._stop = True
+            self._event("run ended: stopped (shut down)")
+            self._close_log()
             self._finalize_with(
                 TrialOutcome(
                     status="stopped",
@@ -601,6 +603,7 @@ class WorkerGroup:
             self._log.error("trial run errored: %s", outcome.error)
         self._event(f"run ended: {outcome.status}")
         self._finalize_with(outcome)
+        self._close_log()
 
     def _finalize_with(self, outcome: TrialOutcome) -> None:
         if self._outcome is not None and not self._outcome.done():
@@ -632,6 +635,11 @@ class WorkerGroup:
         except Exception:  # noqa: BLE001 - events still reach the sink without a log file
             logging.getLogger(__name__).exception("cannot open the trial log")
         return log
+
+    def _close_log(self) -> None:
+        for handler in list(self._log.handlers):
+            self._log.removeHandler(handler)
+            handler.close()
 
     def _event(self, message: str) -> None:
         self._log.info("%s", message)

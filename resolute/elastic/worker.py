@@ -256,6 +256,7 @@ class TrialWorker:
         """Import the entrypoint (failing fast with ``EntrypointError``) and run the module's
         optional ``warmup(cache, hparams)`` hook, before this worker joins a group."""
         fn, module = load_entrypoint(spec.entrypoint, spec.context_dir)
+        make_backend(spec.backend)  # imports torch / horovod now, not after the group pauses
         hook = getattr(module, "warmup", None)
         if callable(hook):
             hook(self._cache, dict(spec.hparams))

@@ -240,3 +240,19 @@ def test_ddp_step_on_two_ranks_equals_one_process_on_the_global_batch(
         # ... and equal to one process on the whole batch up to float32 summation order.
         torch.testing.assert_close(rank0[name], value, rtol=0, atol=1e-6)
         assert not torch.equal(value, before.state_dict()[name])
+
+
+def test_idle_workers_beyond_the_cap_are_released(sink, make_spec, pool_factory):
+    spec = make_spec(hparams={"steps": 2})
+
+    async def main():
+        pool = pool_factory(max_idle=1)
+        group = WorkerGroup(spec=spec, sink=sink, pool=pool, max_workers=2)
+        await group.start(2)
+        outcome = await asyncio.wait_for(group.wait(), 60)
+        await group.shutdown()
+        return outcome, pool.idle_count()
+
+    outcome, idle = asyncio.run(main())
+    assert outcome.status == "completed"
+    assert idle == 1

@@ -135,3 +135,23 @@ def elastic_regression(ctx):
             )
 
     state.run(loop)
+
+
+def gpu_probe(ctx):
+    """One DDP step on the slot's GPU; reports what it ran on."""
+    import torch.distributed as dist
+
+    model = torch.nn.Linear(4, 2)
+    ddp = ctx.prepare_model(model)
+    x = torch.randn(8, 4, device=ctx.device)
+    loss = ddp(x).pow(2).mean()
+    loss.backward()
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    ctx.report(
+        1,
+        {
+            "cuda": float(on_cuda and ctx.device.type == "cuda"),
+            "nccl": float(ctx.world_size == 1 or dist.get_backend() == "nccl"),
+            "loss": float(loss.detach()),
+        },
+    )
