@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -61,39 +61,23 @@ def make_searcher(settings: SearcherSettings, space: Space, seed: int) -> Search
     Raises ValueError, saying which setting to change, for settings it cannot run with.
     """
     s = settings
-    rng = np.random.default_rng(seed)
+    common: dict[str, Any] = {
+        "space": space,
+        "metric": s.metric,
+        "smaller_is_better": s.smaller_is_better,
+        "max_time": s.max_time,
+        "time_metric": s.time_metric,
+        "rng": np.random.default_rng(seed),
+        "max_concurrent_trials": s.max_concurrent_trials,
+    }
     if s.name == "single":
-        return SingleSearcher(
-            space=space,
-            metric=s.metric,
-            smaller_is_better=s.smaller_is_better,
-            max_time=s.max_time,
-            time_metric=s.time_metric,
-            rng=rng,
-            max_trials=s.max_trials,
-            max_concurrent_trials=s.max_concurrent_trials,
-        )
+        return SingleSearcher(**common, max_trials=s.max_trials)
     if s.name == "grid":
-        return GridSearcher(
-            space=space,
-            metric=s.metric,
-            smaller_is_better=s.smaller_is_better,
-            max_trials=s.max_trials,
-            max_concurrent_trials=s.max_concurrent_trials,
-            max_time=s.max_time,
-            time_metric=s.time_metric,
-            rng=rng,
-        )
+        return GridSearcher(**common, max_trials=s.max_trials)
     if s.name == "pbt":
         return PbtSearcher(
-            space=space,
-            metric=s.metric,
-            smaller_is_better=s.smaller_is_better,
+            **common,
             max_trials=s.max_trials,
-            max_concurrent_trials=s.max_concurrent_trials,
-            max_time=s.max_time,
-            time_metric=s.time_metric,
-            rng=rng,
             population_size=int(_required(s.population_size, "population_size (PBT)")),
             perturb_every=float(_required(s.perturb_every, "perturb_every (PBT)")),
             truncate_fraction=s.truncate_fraction,
@@ -102,26 +86,11 @@ def make_searcher(settings: SearcherSettings, space: Space, seed: int) -> Search
         )
     max_trials = int(_required(s.max_trials, f"max_trials (how many trials {s.name} starts)"))
     if s.name == "random":
-        return RandomSearcher(
-            space=space,
-            metric=s.metric,
-            smaller_is_better=s.smaller_is_better,
-            max_trials=max_trials,
-            max_concurrent_trials=s.max_concurrent_trials,
-            max_time=s.max_time,
-            time_metric=s.time_metric,
-            rng=rng,
-        )
+        return RandomSearcher(**common, max_trials=max_trials)
     if s.name == "asha":
         return AshaSearcher(
-            space=space,
-            metric=s.metric,
-            smaller_is_better=s.smaller_is_better,
+            **common,
             max_trials=max_trials,
-            max_concurrent_trials=s.max_concurrent_trials,
-            max_time=s.max_time,
-            time_metric=s.time_metric,
-            rng=rng,
             divisor=s.divisor,
             max_rungs=s.max_rungs,
             mode=s.mode,
