@@ -35,6 +35,7 @@ import yaml
 
 HEAD_TYPE = "ray.head.default"
 START_TIMEOUT_S = 120.0
+START_ATTEMPTS = 2
 STOP_GRACE_S = 10.0
 
 
@@ -145,9 +146,26 @@ class FakeAutoscalingCluster:
             self.root = Path(tempfile.mkdtemp(prefix="rfc-", dir="/tmp"))
             self._own_root = True
         ensure_default_token()
-        ip = node_ip()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_head(timeout_s)
+                return self
+            except HeadExited:
+                # Ray gives a head 30 s to register with its own GCS; a machine busy with
+                # other test sessions can miss that. Once more, on fresh ports.
+                self._kill_group()
+                if attempt == START_ATTEMPTS:
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _start_head(self, timeout_s: float) -> None:
+        assert self.root is not None
         port = free_port()
-        self.address = f"{ip}:{port}"
+        self.address = f"{node_ip()}:{port}"
         config_path = self.root / "autoscaling.yaml"
         config_path.write_text(yaml.safe_dump(self.autoscaling_config(self.address)))
         head = dict(self.head_resources)
@@ -182,12 +200,7 @@ class FakeAutoscalingCluster:
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
-        try:
-            self._wait_until_up(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self._wait_until_up(timeout_s)
 
     def _wait_until_up(self, timeout_s: float) -> None:
         assert self._proc is not None and self.root is not None
@@ -195,7 +208,7 @@ class FakeAutoscalingCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(
+                raise HeadExited(
                     f"`ray start --head` exited with {self._proc.returncode}:\n{self.log_tail()}"
                 )
             if marker in (self.root / "ray-start.log").read_bytes():
@@ -240,18 +253,26 @@ class FakeAutoscalingCluster:
 
         SIGTERM to ``ray start`` first (it drains and stops its children), then SIGKILL to
         whatever of the group is left after a grace period."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_GRACE_S)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+        self._kill_group()
         if self._own_root and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _kill_group(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_GRACE_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
+class HeadExited(RuntimeError):
+    """``ray start --head`` ended before the head was up."""
 
 
 def ensure_default_token() -> None:

@@ -118,12 +118,9 @@ def test_no_cluster_is_a_clear_error_with_exit_2(verb: str) -> None:
 
 
 # ------------------------------------------------------------------ lifecycle
-CLI = "from resolute.cli import main; from resolute.cli_cluster import register; register(main); main()"
-
-
 def run_cli(cluster: FakeAutoscalingCluster, *args: str, env: dict[str, str]) -> Any:
     return subprocess.run(
-        [sys.executable, "-c", CLI, "cluster", *args],
+        [sys.executable, "-m", "resolute.cli", "cluster", *args],
         env=env,
         capture_output=True,
         text=True,
