@@ -70,6 +70,9 @@ class WorkerPool:
         self._serial = itertools.count(1)
         self.created = 0
         self.reused = 0
+        # Set whenever slots come back (a worker goes idle or is killed): an acquire waiting
+        # for a placement group looks at the idle workers again at once.
+        self._freed: asyncio.Event | None = None
 
     # -- inspecting ---------------------------------------------------------------------
 
@@ -101,14 +104,18 @@ class WorkerPool:
         timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         taken = await self._take_idle(shape, n, prefer_nodes) if reuse else []
+        freed = self._freed_event()
         try:
             while True:
+                freed.clear()
                 # Wait for new slots in short rounds: workers that go idle meanwhile (a trial
                 # ending, or being preempted for this one) hold exactly the slots a pending
                 # placement group waits for, so take them instead of waiting past them.
                 left = deadline - time.monotonic()
                 try:
-                    fresh = await self._create(shape, n - len(taken), max(min(RETRY_S, left), 0))
+                    fresh = await self._create(
+                        shape, n - len(taken), max(min(RETRY_S, left), 0), interrupt=freed
+                    )
                     break
                 except ResourcesUnavailable:
                     if left <= RETRY_S:
@@ -149,7 +156,23 @@ class WorkerPool:
         except Exception:  # noqa: BLE001 - any failure means the idle worker is unusable
             return False
 
-    async def _create(self, shape: Shape, k: int, timeout_s: float | None) -> list[PooledWorker]:
+    def _freed_event(self) -> asyncio.Event:
+        if self._freed is None:
+            self._freed = asyncio.Event()
+        return self._freed
+
+    def _slots_freed(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+
+    async def _create(
+        self,
+        shape: Shape,
+        k: int,
+        timeout_s: float | None,
+        *,
+        interrupt: asyncio.Event | None = None,
+    ) -> list[PooledWorker]:
         if k <= 0:
             return []
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -158,7 +181,7 @@ class WorkerPool:
         timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
         pg = placement_group([shape.bundle() for _ in range(k)], strategy="PACK")
         try:
-            ready = await self._wait_ready(pg, shape, timeout)
+            ready = await self._wait_ready(pg, shape, timeout, interrupt)
         except BaseException:
             # Cancelled while waiting: a pending group would grab its slots once they free
             # up, for nobody.
@@ -213,22 +236,21 @@ class WorkerPool:
         self.created += len(workers)
         return workers
 
-    async def _wait_ready(self, pg: Any, shape: Shape, timeout: float) -> bool:
-        # Idle workers of other shapes hold slots; give them up before waiting long.
+    async def _wait_ready(
+        self, pg: Any, shape: Shape, timeout: float, interrupt: asyncio.Event | None
+    ) -> bool:
+        """True once the placement group is placed; False after ``timeout`` or as soon as
+        ``interrupt`` fires (slots came back: the caller takes idle workers instead)."""
         first = min(1.0, timeout)
-        try:
-            await asyncio.wait_for(pg.ready(), timeout=first)
+        if await _ready_or(pg, first, interrupt):
             return True
-        except asyncio.TimeoutError:
-            pass
+        if interrupt is not None and interrupt.is_set():
+            return False
+        # Idle workers of other shapes hold slots; give them up before waiting long.
         others = [s for s in self._idle if s != shape and self._idle[s]]
         for other in others:
             await self.trim(keep=0, shape=other)
-        try:
-            await asyncio.wait_for(pg.ready(), timeout=max(0.0, timeout - first))
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await _ready_or(pg, max(0.0, timeout - first), interrupt)
 
     # -- giving back --------------------------------------------------------------------
 
@@ -251,6 +273,7 @@ class WorkerPool:
                 self._idle.setdefault(worker.shape, []).append(worker)
             else:
                 self._kill(worker)
+        self._slots_freed()
         await self._enforce_cap()
 
     async def discard(self, workers: Iterable[PooledWorker]) -> None:
@@ -295,6 +318,7 @@ class WorkerPool:
 
         with contextlib.suppress(Exception):  # already dead is fine
             ray.kill(handle, no_restart=True)
+        self._slots_freed()
         self._pg_live[pg_key] -= 1
         if self._pg_live[pg_key] <= 0:
             pg = self._pgs.pop(pg_key, None)
@@ -303,3 +327,18 @@ class WorkerPool:
                 # A placement group on a lost node is gone already.
                 with contextlib.suppress(Exception):
                     remove_placement_group(pg)
+
+
+async def _ready_or(pg: Any, timeout: float, interrupt: asyncio.Event | None) -> bool:
+    """Wait up to ``timeout`` for ``pg`` to be placed, or until ``interrupt`` is set."""
+    ready = asyncio.ensure_future(pg.ready())
+    waits: set[asyncio.Future[Any]] = {ready}
+    if interrupt is not None:
+        waits.add(asyncio.ensure_future(interrupt.wait()))
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in waits:
+            if not fut.done():
+                fut.cancel()
+    return ready in done and ready.exception() is None

@@ -57,7 +57,15 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
     except ValueError:
         options: dict[str, Any] = {"name": SCHEDULER_NAME, "namespace": NAMESPACE}
         if not embedded:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from resolute.runtime.cluster import head_node_id
+
             options.update(lifetime="detached", get_if_exists=True)
+            head = head_node_id()
+            if head is not None:
+                # Worker nodes come and go with the autoscaler; the control plane must not.
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
         scheduler = Scheduler.options(**options).remote(journal_url or default_journal_url())
     return Connection(scheduler=scheduler, embedded=embedded, address=address)
 

@@ -24,7 +24,7 @@ from resolute.config import ExperimentConfig
 from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
 from resolute.runtime.allocator import apply_round, plan_round, slot_shape
-from resolute.runtime.cluster import ClusterView, autoscaler_report
+from resolute.runtime.cluster import ClusterView, can_autoscale
 from resolute.runtime.experiment import ExperimentRun
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
@@ -138,7 +138,7 @@ class SchedulerCore:
 
         Without an autoscaler the biggest possible cluster is today's; with one, nodes may
         still come, so only a trial larger than every node type together is refused there."""
-        if autoscaler_report() is not None:
+        if can_autoscale():
             return
         res = config.resources
         shape = {"CPU": float(res.cpus_per_slot)}

@@ -248,3 +248,23 @@ def test_missing_entrypoint_fails_fast(conn, tmp_path):
     assert summary["status"] == "ERRORED"
     assert "model" in summary["error"] and "train" in summary["error"]
     assert summary["elapsed"] < 30
+
+
+def test_trial_that_can_never_fit_is_rejected_at_submit(conn, tmp_path):
+    from resolute.errors import SchedulerError
+
+    path = write_config(
+        tmp_path,
+        f"""
+        name: too-big
+        entrypoint: model:train
+        storage: {tmp_path / "storage"}
+        hyperparameters: {{x: 1}}
+        searcher: {{name: single, metric: loss, max_time: 1}}
+        resources: {{slots_per_trial: 64}}
+        """,
+    )
+    (tmp_path / "model.py").write_text("def train(ctx):\n    pass\n")
+    with pytest.raises(SchedulerError, match="can never give that"):
+        client.submit(conn, load_config(path))
+    assert not (tmp_path / "storage").exists()  # nothing written
