@@ -12,7 +12,9 @@ import gc
 import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -165,11 +167,13 @@ class _TrialRun:
         self._log_handler.addFilter(_RankFilter(lambda: self.dist.world.rank))
         self.reporter = SinkReporter(spec=spec, sink=sink, control=self.control, log=self.log)
         store: CheckpointStore = storage
+        # Local staging for checkpoint copies (storage_root may be an object store).
+        self._scratch = Path(tempfile.gettempdir()) / "resolute-scratch" / f"worker-{os.getpid()}"
         self.checkpoints = CheckpointContext(
             store=store,
             trial_id=spec.trial_id,
             restore_from=spec.restore_from,
-            scratch_dir=Path(spec.storage_root) / ".scratch" / f"worker-{os.getpid()}",
+            scratch_dir=self._scratch,
         )
         self.ctx = TrialContext(
             hparams=spec.hparams,
@@ -221,6 +225,8 @@ class _TrialRun:
     def close(self) -> None:
         self.log.removeHandler(self._log_handler)
         self._log_handler.close()
+        # Checkpoint copies handed to user code live only as long as the trial's run.
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class TrialWorker:
