@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +26,16 @@ from resolute.context import attach_log_file
 from resolute.elastic.control import WorkerStatus
 from resolute.elastic.plan import TrialOutcome, build_worlds, decide_outcome, order_by_node
 from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
+from resolute.elastic.reform import POLL_S, Member, Reformation
 from resolute.elastic.spec import Report, TrialSpec
-from resolute.errors import EntrypointError, ResourcesUnavailable
+from resolute.errors import EntrypointError
 
 __all__ = ["TrialOutcome", "WorkerGroup"]
 
-POLL_S = 10.0
-STUCK_PROBE_S = 2.0
 RENDEZVOUS_TIMEOUT_S = 120.0
 
 
-@dataclass(eq=False)
-class _Member:
-    worker: PooledWorker
-    status: WorkerStatus = field(default_factory=WorkerStatus)
-    lost: bool = False
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self.lost or self.status.phase in ("interrupted", "done")
-
-    @property
-    def done(self) -> bool:
-        return self.lost or self.status.phase == "done"
-
-
-class WorkerGroup:
+class WorkerGroup(Reformation):
     def __init__(
         self,
         *,
@@ -74,8 +57,8 @@ class WorkerGroup:
         self._sink = sink
         self._pool = pool
         self._shape = Shape(cpus=spec.cpus_per_slot, gpus=spec.gpus_per_slot)
-        self._members: list[_Member] = []
-        self._leaving: list[_Member] = []
+        self._members: list[Member] = []
+        self._leaving: list[Member] = []
         self._generation = 0
         self._target = 0
         self._until = spec.until
@@ -94,17 +77,8 @@ class WorkerGroup:
     # -- public API ---------------------------------------------------------------------
 
     @property
-    def size(self) -> int:
-        """Ranks in the current generation."""
-        return len(self._members)
-
-    @property
     def generation(self) -> int:
         return self._generation
-
-    @property
-    def finished(self) -> bool:
-        return self._outcome is not None and self._outcome.done()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -125,7 +99,7 @@ class WorkerGroup:
         try:
             await self._warm(workers)
             order = order_by_node([w.node_id for w in workers])
-            self._members = [_Member(worker=workers[i]) for i in order]
+            self._members = [Member(worker=workers[i]) for i in order]
             await self._launch(self._members, generation=0, survivors=[])
         except BaseException:
             self._outcome = None
@@ -245,7 +219,7 @@ class WorkerGroup:
         return replace(self.spec, until=self._until)
 
     async def _launch(
-        self, members: list[_Member], *, generation: int, survivors: list[_Member]
+        self, members: list[Member], *, generation: int, survivors: list[Member]
     ) -> None:
         """Form ``generation`` with ``members`` (in rank order). Survivors already hold a
         prepared run and wait for their world; the others get ``prepare`` + ``launch``."""
@@ -281,7 +255,7 @@ class WorkerGroup:
 
     # -- watching -----------------------------------------------------------------------
 
-    async def _watch(self, member: _Member) -> None:
+    async def _watch(self, member: Member) -> None:
         import ray
 
         since = 0
@@ -349,7 +323,7 @@ class WorkerGroup:
     async def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if self._apply(event):
-            member: _Member = event[1]
+            member: Member = event[1]
             if member not in self._members:
                 return
             failed_user_code = (
@@ -384,169 +358,6 @@ class WorkerGroup:
             ok = await self._reform(add=[], drop=self.size - n, reason=f"shrink to {n}")
             if not fut.done():
                 fut.set_result(ok)
-
-    # -- re-forming ---------------------------------------------------------------------
-
-    async def _reform(self, *, add: list[PooledWorker], drop: int, reason: str) -> bool:
-        """Move every live rank into a new generation: announce it, wait until each one has
-        left the old process group (or finished, or died), then hand out the new worlds."""
-        generation = self._generation + 1
-        planned = bool(add) or drop > 0
-        live = [m for m in self._members if not m.done]
-        for m in live:
-            m.worker.handle.announce_reform.remote(generation, planned)
-        await self._settle(self._members, unplanned=not planned)
-        if any(
-            m.status.outcome == "errored" and m.status.error_kind == "user" for m in self._members
-        ):
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
-            await self._end_all()
-            return False
-        interrupted = [m for m in self._members if not m.lost and m.status.phase == "interrupted"]
-        if any(m.status.phase == "done" and not m.lost for m in self._members):
-            # The run finished on some rank meanwhile: nothing to re-form.
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
-            for m in interrupted:
-                m.worker.handle.release.remote()
-            await self._settle(self._members)
-            await self._finish()
-            return False
-        by_rank = sorted(interrupted, key=lambda m: m.status.rank)
-        dropped = by_rank[len(by_rank) - drop :] if drop > 0 else []
-        survivors = [m for m in by_rank if m not in dropped]
-        if not survivors:
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
-            await self._end_all()
-            return False
-        if len(survivors) + len(add) < self.min_workers:
-            add = add + await self._try_acquire(self.min_workers - len(survivors) - len(add))
-        if len(survivors) + len(add) < self.min_workers:
-            self._event(f"only {len(survivors)} rank(s) left, below min_workers={self.min_workers}")
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
-            await self._end_all()
-            return False
-        chief = min(survivors, key=lambda m: (-m.status.commits, m.status.rank))
-        newcomers = [_Member(worker=w) for w in add]
-        everyone = [chief] + [m for m in survivors if m is not chief] + newcomers
-        order = order_by_node([m.worker.node_id for m in everyone], first=0)
-        members = [everyone[i] for i in order]
-        for m in dropped:
-            self._leaving.append(m)
-            m.worker.handle.release.remote()
-        old = self.size
-        await self._launch(members, generation=generation, survivors=survivors)
-        self._members = members
-        for m in newcomers:
-            m.watcher = asyncio.create_task(self._watch(m))
-        self._reformations += 1
-        self._event(
-            f"re-formed generation {generation} ({reason}): {old} -> {len(members)} rank(s) "
-            f"on {self._num_nodes()} node(s), restored commit {chief.status.commits} "
-            f"(step {chief.status.step})"
-        )
-        if self._target > self.size:
-            self._start_refill()
-        return True
-
-    async def _settle(self, members: list[_Member], *, unplanned: bool = False) -> None:
-        """Consume status events until every member is interrupted, done or lost; a member
-        that does not get there within ``reform_timeout_s`` is killed and counted lost.
-
-        After an unplanned loss, a rank can stay blocked in a collective with a peer that
-        has already left (gloo closes a departed peer's sockets only once its process
-        group is freed), and no collective of the old generation can complete any more.
-        Such ranks are found by their stack and killed at once; the refill replaces them."""
-        deadline = time.monotonic() + self.reform_timeout_s
-        next_probe = time.monotonic() + STUCK_PROBE_S
-        while not all(m.settled for m in members):
-            now = time.monotonic()
-            if now >= deadline:
-                for m in members:
-                    if not m.settled:
-                        why = f"did not leave the group within {self.reform_timeout_s:.0f}s"
-                        self._apply(("lost", m, why))
-                break
-            if unplanned and now >= next_probe:
-                await self._kill_blocked_in_collectives([m for m in members if not m.settled])
-                next_probe = time.monotonic() + STUCK_PROBE_S
-                continue
-            left = min(deadline, next_probe if unplanned else deadline) - now
-            try:
-                event = await asyncio.wait_for(self._events.get(), timeout=max(left, 0.01))
-            except asyncio.TimeoutError:
-                continue
-            if not self._apply(event):
-                self._deferred.append(event)
-
-    async def _kill_blocked_in_collectives(self, members: list[_Member]) -> None:
-        import ray
-
-        for m in members:
-            try:
-                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(), POLL_S)
-            except ray.exceptions.RayActorError as exc:
-                self._apply(("lost", m, exc))
-                continue
-            except (asyncio.TimeoutError, ray.exceptions.RayError):
-                continue  # busy: the re-formation deadline decides about it
-            innermost = stack.rsplit('  File "', 1)[-1]
-            if "torch/distributed/" in innermost or "horovod/" in innermost:
-                self._log.info(
-                    "rank %d is blocked in a collective of the departed generation:\n%s",
-                    m.status.rank,
-                    stack,
-                )
-                self._apply(("lost", m, "blocked in a collective of the departed generation"))
-
-    async def _try_acquire(self, n: int) -> list[PooledWorker]:
-        try:
-            workers = await self._pool.acquire(
-                shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=2.0
-            )
-        except ResourcesUnavailable:
-            return []
-        try:
-            await self._warm(workers)
-        except Exception:  # noqa: BLE001 - it warmed before; a failure now means no refill
-            await self._pool.release(workers, reuse=False)
-            return []
-        return workers
-
-    def _start_refill(self) -> None:
-        if self._refill is not None and not self._refill.done():
-            return
-        self._refill = asyncio.create_task(self._refill_loop())
-
-    async def _refill_loop(self) -> None:
-        """After a loss, wait for slots to come back (a node rejoins, the autoscaler adds
-        one) and grow back to the target size: all missing ranks at once when they fit,
-        else one at a time as slots appear."""
-        while not self.finished and self.size < self._target:
-            missing = self._target - self.size
-            workers: list[PooledWorker] = []
-            for n, timeout in ((missing, 2.0), (1, None)):
-                try:
-                    workers = await self._pool.acquire(
-                        shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=timeout
-                    )
-                    break
-                except ResourcesUnavailable:
-                    continue
-            if not workers:
-                continue
-            try:
-                await self._warm(workers)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._pool.release(workers, reuse=self.spec.reuse_workers))
-                raise
-            except Exception:  # noqa: BLE001 - retry with other workers
-                await self._pool.release(workers, reuse=False)
-                continue
-            if self.finished:
-                await self._pool.release(workers, reuse=self.spec.reuse_workers)
-                return
-            self._events.put_nowait(("grow", workers, None, self._target))
-            return
 
     # -- ending -------------------------------------------------------------------------
 
@@ -609,7 +420,7 @@ class WorkerGroup:
         if self._outcome is not None and not self._outcome.done():
             self._outcome.set_result(outcome)
 
-    def _pool_forget(self, member: _Member) -> None:
+    def _pool_forget(self, member: Member) -> None:
         asyncio.create_task(self._pool.discard([member.worker]))
 
     # -- events and log -----------------------------------------------------------------
