@@ -242,6 +242,7 @@ class ExperimentRun(ReportHandling):
     def start_trial(self, tr: TrialRun, n: int) -> None:
         """Start a queued trial with ``n`` ranks (the allocator found the slots)."""
         tr.queued = False
+        tr.seen.clear()
         self._account()
         tr.slots = n  # counted as used while its group starts
         tr.last_resize = time.monotonic()

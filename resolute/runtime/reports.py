@@ -33,6 +33,8 @@ class ReportHandling:
         events: list[Event] = []
         at_target: set[int] = set()
         for rep in reports:
+            if rep.kind == "metrics" and not tr.first_time(rep.step, rep.metrics):
+                continue  # a survivor's replay of what the lost chief already sent
             if rep.kind == "metrics":
                 tr.last_step = max(tr.last_step, rep.step)
                 self.tracker.log_metrics(tr.trial_id, rep.step, rep.metrics)

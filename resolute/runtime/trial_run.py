@@ -47,6 +47,21 @@ class TrialRun:
     last_resize: float | None = None  # monotonic time of its last start or resize
     history: list[str] = field(default_factory=list)
     metric_at: dict[int, float] = field(default_factory=dict)  # step -> searcher metric
+    # Reports seen in the current group's run, to drop the copies survivors replay after the
+    # chief died: (step, metrics) of recent steps. Reset when a group starts.
+    seen: dict[int, set[tuple[tuple[str, float], ...]]] = field(default_factory=dict)
+
+    def first_time(self, step: int, metrics: dict[str, float]) -> bool:
+        """False for an exact repeat of a report this run already delivered."""
+        key = tuple(sorted(metrics.items()))
+        at_step = self.seen.setdefault(step, set())
+        if key in at_step:
+            return False
+        at_step.add(key)
+        if len(self.seen) > 64:  # replays only ever repeat the last few steps
+            for old in sorted(self.seen)[:-64]:
+                del self.seen[old]
+        return True
 
     @property
     def live(self) -> bool:
