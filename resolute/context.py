@@ -293,13 +293,19 @@ class TrialContext:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def save_checkpoint(self, state: Mapping[str, Any] | Path | str) -> str | None:
+    def save_checkpoint(
+        self, state: Mapping[str, Any] | Path | str, *, step: int | None = None
+    ) -> str | None:
         """Save durably and atomically: a dict with ``torch.save``, or a directory copied
         as-is. Only the chief writes (it returns the checkpoint's URI); other ranks return
-        None at once. The control plane learns of it as a ``checkpoint`` report."""
+        None at once. The control plane learns of it as a ``checkpoint`` report.
+
+        ``step``: the step the state belongs to (default: the last reported step). Pass it
+        when saving before reporting that step, as a PBT donor should."""
         if not self.is_chief:
             return None
-        step = self._reporting.last_step or 0
+        if step is None:
+            step = self._reporting.last_step or 0
         uri = self._checkpoints.save(state, step=step)
         self._reporting.emit(
             Report(kind="checkpoint", step=step, time=float(step), checkpoint_uri=uri)

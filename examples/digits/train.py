@@ -86,7 +86,8 @@ def train(ctx: Any) -> None:
         nonlocal saved_at
         if saved_at != epoch:
             ctx.save_checkpoint(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                step=epoch,
             )
             saved_at = epoch
 

@@ -62,6 +62,14 @@ def test_fresh_run_has_no_checkpoint_and_a_saved_dict_comes_back(tmp_path: Path)
     assert (kind, step, ck) == ("checkpoint", 5, uri)
 
 
+def test_a_checkpoint_saved_before_its_report_carries_the_step_given(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    ctx.report(7, {"loss": 1.0})
+    uri = ctx.save_checkpoint({"epoch": 8}, step=8)  # saved before step 8 is reported
+    last = ctx.local_reports[-1]
+    assert (last.kind, last.step, last.checkpoint_uri) == ("checkpoint", 8, uri)
+
+
 def test_a_saved_directory_comes_back_as_a_directory_and_restore_from_is_honoured(
     tmp_path: Path,
 ) -> None:
