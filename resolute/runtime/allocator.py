@@ -33,12 +33,16 @@ class RoundResult:
     unmet: list[dict[str, float]]  # bundles the cluster could not give (for the autoscaler)
 
 
-def slot_shape(exp: object) -> dict[str, float]:
-    res = exp.config.resources  # type: ignore[attr-defined]
-    shape = {"CPU": float(res.cpus_per_slot)}
-    if res.gpus_per_slot > 0:
-        shape["GPU"] = float(res.gpus_per_slot)
+def resources_shape(res: object) -> dict[str, float]:
+    """One slot's Ray resources for an experiment's ``resources`` section."""
+    shape = {"CPU": float(res.cpus_per_slot)}  # type: ignore[attr-defined]
+    if res.gpus_per_slot > 0:  # type: ignore[attr-defined]
+        shape["GPU"] = float(res.gpus_per_slot)  # type: ignore[attr-defined]
     return shape
+
+
+def slot_shape(exp: object) -> dict[str, float]:
+    return resources_shape(exp.config.resources)  # type: ignore[attr-defined]
 
 
 def _free_nodes(
@@ -74,13 +78,15 @@ def plan_round(
     cooldown_s: float,
     now: float | None = None,
     headroom_cap: int = 16,
-) -> tuple[RoundResult, dict[int, TrialRun]]:
-    """Build the policy's input from the live experiments and run it."""
+) -> tuple[RoundResult, dict[int, TrialRun], dict[int, object]]:
+    """Build the policy's input from the live experiments and run it. Returns the result,
+    the trials it decided on, and each one's experiment."""
     now = time.monotonic() if now is None else now
     specs: list[ExperimentSpec] = []
     demands: list[TrialDemand] = []
     pinned: list[tuple[dict[str, int], dict[str, float]]] = []
     trials: dict[int, TrialRun] = {}
+    owners: dict[int, object] = {}  # trial id -> its ExperimentRun
     for exp in experiments:
         if exp.status not in (ExperimentStatus.ACTIVE, ExperimentStatus.PAUSED):  # type: ignore[attr-defined]
             continue
@@ -99,6 +105,7 @@ def plan_round(
                 reserved += tr.slots
                 continue
             trials[tr.trial_id] = tr
+            owners[tr.trial_id] = exp
             demands.append(
                 TrialDemand(
                     trial_id=tr.trial_id,
@@ -122,6 +129,7 @@ def plan_round(
         )
         for tr in exp.queued():  # type: ignore[attr-defined]
             trials[tr.trial_id] = tr
+            owners[tr.trial_id] = exp
             demands.append(
                 TrialDemand(
                     trial_id=tr.trial_id,
@@ -146,7 +154,7 @@ def plan_round(
             unmet += [dict(d.slot)] * d.min_slots
         elif a.size < d.max_slots:
             unmet += [dict(d.slot)] * (d.max_slots - a.size)
-    return RoundResult(result, unmet[:headroom_cap]), trials
+    return RoundResult(result, unmet[:headroom_cap]), trials, owners
 
 
 def apply_round(result: RoundResult, trials: dict[int, TrialRun], owners: dict[int, object]) -> int:

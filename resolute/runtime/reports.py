@@ -52,6 +52,7 @@ class ReportHandling:
             elif rep.kind == "checkpoint" and rep.checkpoint_uri:
                 tr.latest_checkpoint = rep.checkpoint_uri
                 value = rep.metrics.get(metric, tr.metric_at.get(rep.step))
+                tr.unlabelled = (rep.checkpoint_uri, rep.step) if value is None else None
                 self.journal.record_checkpoint(
                     tr.trial_id, uri=rep.checkpoint_uri, step=rep.step, metric=value
                 )
@@ -77,13 +78,11 @@ class ReportHandling:
     def _label_checkpoint(self: ExperimentRun, tr: TrialRun, step: int, value: float) -> None:
         """A checkpoint saved just before the report of its step gets that step's metric
         (the keep=best policy ranks checkpoints by it)."""
-        uri = tr.latest_checkpoint
-        if uri is None:
+        if tr.unlabelled is None or tr.unlabelled[1] != step:
             return
-        for ckpt in self.journal.list_checkpoints(tr.trial_id)[-1:]:
-            if ckpt.uri == uri and ckpt.step == step and ckpt.metric is None:
-                self.journal.record_checkpoint(tr.trial_id, uri=uri, step=step, metric=value)
-                self._gc_checkpoints(tr)
+        uri, tr.unlabelled = tr.unlabelled[0], None
+        self.journal.record_checkpoint(tr.trial_id, uri=uri, step=step, metric=value)
+        self._gc_checkpoints(tr)
 
     def _gc_checkpoints(self: ExperimentRun, tr: TrialRun) -> None:
         policy = self.config.checkpoint

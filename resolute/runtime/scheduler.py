@@ -23,7 +23,7 @@ import ray
 from resolute.config import ExperimentConfig
 from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
-from resolute.runtime.allocator import apply_round, plan_round, slot_shape
+from resolute.runtime.allocator import apply_round, plan_round, resources_shape, slot_shape
 from resolute.runtime.cluster import ClusterView, can_autoscale
 from resolute.runtime.experiment import ExperimentRun
 from resolute.runtime.journal import Journal
@@ -109,13 +109,12 @@ class SchedulerCore:
 
     def allocation_round(self) -> int:
         live = [e for e in self.experiments.values() if not e.finished.is_set()]
-        result, trials = plan_round(
+        result, trials, owners = plan_round(
             experiments=live,
             nodes=self._nodes(),
             cooldown_s=self.cooldown_s,
             headroom_cap=self.autoscale_cap,
         )
-        owners = {tid: self.trial_owner_of(tr) for tid, tr in trials.items()}
         changed = apply_round(result, trials, owners)
         # PBT members waiting at a generation's end give their slots to queued members.
         for exp in live:
@@ -126,13 +125,6 @@ class SchedulerCore:
             self.cluster.request(result.unmet)
         return changed
 
-    def trial_owner_of(self, tr: Any) -> ExperimentRun:
-        for exp in self.experiments.values():
-            if exp.by_global.get(tr.trial_id) is tr:
-                self.trial_owner[tr.trial_id] = exp
-                return exp
-        raise KeyError(tr.trial_id)
-
     def _check_fits(self, config: ExperimentConfig) -> None:
         """Reject at submit time a trial that can never fit, instead of queueing forever.
 
@@ -141,9 +133,7 @@ class SchedulerCore:
         if can_autoscale():
             return
         res = config.resources
-        shape = {"CPU": float(res.cpus_per_slot)}
-        if res.gpus_per_slot > 0:
-            shape["GPU"] = float(res.gpus_per_slot)
+        shape = resources_shape(res)
         need = res.slots_per_trial.min
         demand = TrialDemand(
             trial_id=0, experiment_id=0, slot=shape, min_slots=need, max_slots=need

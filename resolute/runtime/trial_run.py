@@ -47,6 +47,7 @@ class TrialRun:
     last_resize: float | None = None  # monotonic time of its last start or resize
     history: list[str] = field(default_factory=list)
     metric_at: dict[int, float] = field(default_factory=dict)  # step -> searcher metric
+    unlabelled: tuple[str, int] | None = None  # (uri, step) of a checkpoint with no metric yet
     # Reports seen in the current group's run, to drop the copies survivors replay after the
     # chief died: (step, metrics) of recent steps. Reset when a group starts.
     seen: dict[int, set[tuple[tuple[str, float], ...]]] = field(default_factory=dict)
