@@ -73,7 +73,7 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
 def _join(address: str) -> None:
     """Join a running cluster as a driver (token auth handled); a clear error if none."""
     from resolute.errors import SchedulerError
-    from resolute.runtime.cluster import ClusterUnreachable, connect_driver
+    from resolute.runtime.driver import ClusterUnreachable, connect_driver
     from resolute.runtime.scheduler import NAMESPACE
 
     try:
