@@ -29,8 +29,14 @@ from typing import Any
 # Joining a cluster as a driver lives in driver.py; its names stay importable from here.
 from resolute.runtime.driver import (
     ClusterUnreachable as ClusterUnreachable,
+)
+from resolute.runtime.driver import (
     connect_driver as connect_driver,
+)
+from resolute.runtime.driver import (
     enable_token_auth_if_available as enable_token_auth_if_available,
+)
+from resolute.runtime.driver import (
     resolve_address as resolve_address,
 )
 from resolute.runtime.policy import NodeSpec
@@ -306,4 +312,3 @@ def describe_bundles(bundles: Sequence[Mapping[str, float]]) -> str:
         shape = ", ".join(f"{k}: {v:g}" for k, v in key)
         parts.append(f"{n} x {{{shape}}}")
     return " + ".join(parts)
-
