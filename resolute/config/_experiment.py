@@ -201,8 +201,18 @@ class ExperimentConfig(Section):
         return [path for path, _ in iter_parameters(self.hyperparameters)]
 
     def runtime_env(self) -> dict[str, Any]:
-        """The Ray runtime_env of the trials: context_dir as working_dir, plus environment."""
+        """The Ray runtime_env of the trials: context_dir (or its uploaded package) as
+        working_dir, plus environment."""
         return self.environment.runtime_env(self.context_dir)
+
+    def trial_runtime_env(self) -> dict[str, Any] | None:
+        """What trial workers are created with (see ``EnvironmentConfig.trial_runtime_env``)."""
+        return self.environment.trial_runtime_env()
+
+    def with_package(self, uri: str) -> ExperimentConfig:
+        """This config with context_dir uploaded as ``uri`` (the workers' working_dir)."""
+        environment = self.environment.model_copy(update={"package": uri})
+        return self.model_copy(update={"environment": environment})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data; ``parse_config(cfg.to_dict())`` gives back an equal config."""

@@ -186,6 +186,12 @@ class EnvironmentConfig(Section):
         default=(),
         description="a list of gitignore-style patterns of context_dir files not to upload",
     )
+    package: Annotated[StrictStr, Field(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")] | None = Field(
+        default=None,
+        description="context_dir as a Ray package URI, the trials' working_dir: set by "
+        "`resolute experiment create` when it uploads context_dir to a cluster "
+        "(gcs://_ray_pkg_<hash>.zip); a zip you host (s3://, gs://, https://) is used as is",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EnvironmentConfig:
@@ -203,13 +209,29 @@ class EnvironmentConfig(Section):
         return self
 
     def runtime_env(self, working_dir: Path) -> dict[str, Any]:
-        """A Ray ``runtime_env`` that ships ``working_dir`` with these settings."""
+        """A Ray ``runtime_env`` that ships ``working_dir`` (or ``package``, once uploaded)
+        with these settings."""
+        if self.package is not None:
+            return {"working_dir": self.package, **self._process_env()}
         # .git is excluded always: Ray uploads it otherwise (it respects .gitignore, and
         # .git is not in it), and it is often the largest thing in a repository.
-        env: dict[str, Any] = {
+        return {
             "working_dir": str(working_dir),
             "excludes": [".git", *self.excludes],
+            **self._process_env(),
         }
+
+    def trial_runtime_env(self) -> dict[str, Any] | None:
+        """The ``runtime_env`` trial workers are created with: ``package`` as working_dir
+        (when uploaded), pip and env_vars; None when there is nothing to set (the workers
+        then import the entrypoint from context_dir on their own disk)."""
+        env = self._process_env()
+        if self.package is not None:
+            env = {"working_dir": self.package, **env}
+        return env or None
+
+    def _process_env(self) -> dict[str, Any]:
+        env: dict[str, Any] = {}
         if self.pip:
             env["pip"] = list(self.pip)
         if self.env_vars:

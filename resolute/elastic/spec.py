@@ -15,7 +15,7 @@ class TrialSpec:
     hparams: dict[str, Any]
     seed: int
     entrypoint: str  # "module:function", imported with context_dir on sys.path
-    context_dir: str
+    context_dir: str  # "": the code came as runtime_env's working_dir (the worker's cwd)
     storage_root: str
     metric: str  # the searcher metric: a report carrying it at time >= until is a decision point
     time_metric: str | None  # None: a report's time is its step
@@ -28,6 +28,9 @@ class TrialSpec:
     env_vars: dict[str, str] = field(default_factory=dict)
     reuse_workers: bool = True
     attempt: int = 0  # restart count; a fresh attempt starts from restore_from
+    # The Ray runtime_env the workers are created with (working_dir package, pip, env_vars);
+    # None: the pool's plain workers. Workers of different runtime_envs are never shared.
+    runtime_env: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
