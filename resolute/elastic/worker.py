@@ -372,7 +372,9 @@ _module_stamps: dict[str, tuple[str, float]] = {}
 
 
 def load_entrypoint(entrypoint: str, context_dir: str) -> tuple[Callable[..., Any], ModuleType]:
-    """Import ``module:function`` with ``context_dir`` first on ``sys.path``.
+    """Import ``module:function`` with ``context_dir`` first on ``sys.path``; an empty
+    ``context_dir`` means the code came as the worker's runtime_env ``working_dir``, which
+    Ray unpacked and made the current directory.
 
     A module already imported by an earlier trial is reused when it comes from the same
     file, unchanged; otherwise it is imported afresh (another experiment's code, or an edit).
@@ -383,7 +385,8 @@ def load_entrypoint(entrypoint: str, context_dir: str) -> tuple[Callable[..., An
             f"entrypoint {entrypoint!r} must look like 'module:function' "
             "(e.g. 'train:main' for main() in train.py)"
         )
-    context = str(Path(context_dir).resolve())
+    context = str(Path(context_dir or os.getcwd()).resolve())
+    where = repr(context_dir) if context_dir else f"{context} (uploaded)"
     if context not in sys.path:
         sys.path.insert(0, context)
     cached = sys.modules.get(module_name)
@@ -397,7 +400,7 @@ def load_entrypoint(entrypoint: str, context_dir: str) -> tuple[Callable[..., An
         raise EntrypointError(
             f"cannot import module {module_name!r} of entrypoint {entrypoint!r}: {exc}. "
             f"Check that {module_name.replace('.', '/')}.py exists under context_dir "
-            f"{context_dir!r} and that its own imports are installed on the workers"
+            f"{where} and that its own imports are installed on the workers (environment.pip)"
         ) from exc
     except Exception as exc:
         raise EntrypointError(

@@ -111,7 +111,8 @@ class TrialRunning:
             hparams=tr.hparams,
             seed=tr.seed,
             entrypoint=cfg.entrypoint,
-            context_dir=str(cfg.context_dir),
+            # Uploaded: the workers import from the package Ray unpacked as their cwd.
+            context_dir="" if cfg.environment.package else str(cfg.context_dir),
             storage_root=self.storage.root,
             metric=cfg.searcher.metric,
             time_metric=cfg.searcher.time_metric,
@@ -124,6 +125,7 @@ class TrialRunning:
             env_vars=dict(cfg.environment.env_vars),
             reuse_workers=cfg.resources.reuse_workers,
             attempt=tr.restarts,
+            runtime_env=cfg.trial_runtime_env(),
         )
 
     async def _run_trial(self: ExperimentRun, tr: TrialRun, n: int) -> None:
