@@ -55,3 +55,8 @@ class JournalError(ResoluteError):
 
 class ResourcesUnavailable(ResoluteError):
     """Workers could not be placed: the cluster lacks free slots of the needed shape."""
+
+
+class RuntimeEnvError(EntrypointError):
+    """The trials' Ray runtime_env (the uploaded context_dir, pip packages) could not be set
+    up on a worker, or context_dir could not be packaged: every trial would fail alike."""

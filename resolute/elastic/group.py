@@ -56,7 +56,7 @@ class WorkerGroup(Reformation):
         self.reform_timeout_s = reform_timeout_s
         self._sink = sink
         self._pool = pool
-        self._shape = Shape(cpus=spec.cpus_per_slot, gpus=spec.gpus_per_slot)
+        self._shape = Shape.for_spec(spec)
         self._members: list[Member] = []
         self._leaving: list[Member] = []
         self._generation = 0

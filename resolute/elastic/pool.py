@@ -6,6 +6,11 @@ group with the ``PACK`` strategy, so the ranks created together land on the fewe
 A worker keeps its placement-group bundle (its slot) while idle; the group is removed
 when its last worker is killed. Idle workers beyond ``max_idle`` are killed, oldest first.
 
+Workers are kept apart by ``Shape``, which holds the Ray ``runtime_env`` a worker was created
+with as well as its resources: a worker whose process carries one experiment's code (its
+working_dir package), pip packages and environment variables is never handed to a trial
+that needs another.
+
 Used from an async context (the scheduler actor): every method that waits is a coroutine.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 from collections import Counter
@@ -21,8 +27,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from resolute.elastic.spec import TrialSpec
 from resolute.elastic.worker import worker_actor_class
-from resolute.errors import ResourcesUnavailable
+from resolute.errors import ResourcesUnavailable, RuntimeEnvError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +42,24 @@ RETRY_S = 1.0  # how long one placement attempt waits before idle workers are lo
 
 @dataclass(frozen=True)
 class Shape:
-    """The resources of one worker (one rank's slot)."""
+    """What one worker is: its resources (one rank's slot) and the Ray runtime_env its
+    process was started with (canonical JSON, hashable; None: no runtime_env)."""
 
     cpus: float = 1.0
     gpus: float = 0.0
+    runtime_env: str | None = None
+
+    @classmethod
+    def for_spec(cls, spec: TrialSpec) -> Shape:
+        """The workers a trial needs: its slot resources and its runtime_env."""
+        return cls(
+            cpus=spec.cpus_per_slot,
+            gpus=spec.gpus_per_slot,
+            runtime_env=canonical_runtime_env(spec.runtime_env),
+        )
+
+    def actor_runtime_env(self) -> dict[str, Any] | None:
+        return None if self.runtime_env is None else dict(json.loads(self.runtime_env))
 
     def bundle(self) -> dict[str, float]:
         bundle = {"CPU": self.cpus} if self.cpus > 0 else {}
@@ -46,6 +67,11 @@ class Shape:
             bundle["GPU"] = self.gpus
         # A bundle may not be empty; a zero-resource worker still takes a sliver of CPU.
         return bundle or {"CPU": 0.01}
+
+
+def canonical_runtime_env(env: dict[str, Any] | None) -> str | None:
+    """One spelling per runtime_env (sorted keys), so equal environments share workers."""
+    return json.dumps(env, sort_keys=True, separators=(",", ":")) if env else None
 
 
 @dataclass
@@ -202,6 +228,7 @@ class WorkerPool:
                 num_cpus=shape.cpus,
                 num_gpus=shape.gpus,
                 max_restarts=0,
+                runtime_env=shape.actor_runtime_env(),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=i
                 ),
@@ -230,6 +257,12 @@ class WorkerPool:
             )
         if failed is not None:
             await self.discard(workers)
+            if _is_runtime_env_failure(failed):
+                raise RuntimeEnvError(
+                    f"a worker's runtime_env could not be set up: {_first_lines(failed)}. Check "
+                    "environment.pip and that the uploaded context_dir is intact; Ray's full "
+                    "log is runtime_env_setup-*.log in the node's session logs"
+                )
             raise ResourcesUnavailable(
                 f"a new worker failed to start ({failed}); check the Ray worker logs"
             )
@@ -327,6 +360,18 @@ class WorkerPool:
                 # A placement group on a lost node is gone already.
                 with contextlib.suppress(Exception):
                     remove_placement_group(pg)
+
+
+def _is_runtime_env_failure(exc: BaseException) -> bool:
+    from ray.exceptions import RuntimeEnvSetupError
+
+    return isinstance(exc, RuntimeEnvSetupError) or isinstance(
+        getattr(exc, "cause", None), RuntimeEnvSetupError
+    )
+
+
+def _first_lines(exc: BaseException, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in str(exc).strip().splitlines()[:n] if line.strip())
 
 
 async def _ready_or(pg: Any, timeout: float, interrupt: asyncio.Event | None) -> bool:
