@@ -28,6 +28,7 @@ from resolute.runtime.cluster import ClusterView, can_autoscale
 from resolute.runtime.experiment import ExperimentRun
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
+from resolute.runtime.package import hold_package
 from resolute.runtime.policy import TrialDemand, fits_ever
 from resolute.runtime.searcher_actor import SearcherActor
 from resolute.runtime.storage import ExperimentStorage, default_tracking_uri
@@ -188,6 +189,9 @@ class SchedulerCore:
             next_seq=lambda: next(self._seq),
         )
         self.experiments[exp_id] = exp
+        # The uploader's pin on the code package expires in minutes; trials may start hours
+        # later (queued, paused): a detached holder keeps it until the experiment ends.
+        hold_package(exp_id, config)
         await exp.begin()
         return exp_id
 
