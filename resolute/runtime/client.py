@@ -174,6 +174,16 @@ def follow(
 
 
 def submit(conn: Connection, config: ExperimentConfig) -> int:
+    """Submit ``config``; returns the experiment id.
+
+    On a cluster, context_dir is uploaded first (``package.upload_context``): the trials'
+    workers get the code from the cluster, not from this machine's disk, and the submitted
+    config names the package. An embedded Ray shares this machine's disk: the workers import
+    from context_dir directly (warm workers then also see edits between experiments)."""
+    if not conn.embedded:
+        from resolute.runtime.package import upload_context
+
+        config = upload_context(config)
     return int(call(conn, "submit", config))
 
 
