@@ -35,3 +35,37 @@ def test_a_gpu_slot_trains_on_cuda_with_nccl(sink, make_spec, pool_factory):
     (report,) = reports
     assert report.metrics["cuda"] == 1.0
     assert report.metrics["nccl"] == 1.0
+
+
+@pytest.mark.skipif(_gpus() == 0, reason="needs an NVIDIA GPU")
+def test_a_gpu_actor_reads_the_stats_of_the_gpu_ray_gave_it(ray_local):
+    # Ray sets CUDA_VISIBLE_DEVICES for a GPU actor; NVML must read that GPU, as ordinal 0.
+    @ray_local.remote(num_gpus=1, num_cpus=0)
+    def probe() -> tuple[str, list[dict[str, object]]]:
+        import os
+
+        import torch
+
+        from resolute.elastic.gpu_stats import GpuMonitor
+
+        x = torch.ones(1024, 1024, device="cuda")  # some memory in use on this GPU
+        monitor = GpuMonitor()
+        samples = monitor.sample()
+        monitor.close()
+        uuid = str(torch.cuda.get_device_properties(0).uuid)
+        del x
+        return os.environ.get("CUDA_VISIBLE_DEVICES", ""), [
+            {"index": s.index, "uuid": s.uuid, "used": s.memory_used_mb, "uuid_torch": uuid}
+            for s in samples
+        ]
+
+    visible, samples = ray_local.get(probe.remote(), timeout=120)
+    assert visible != ""
+    assert len(samples) == 1, samples
+    (sample,) = samples
+    assert sample["index"] == 0
+    # torch prints the UUID without NVML's "GPU-" prefix.
+    assert str(sample["uuid"]).removeprefix("GPU-") == str(sample["uuid_torch"]).removeprefix(
+        "GPU-"
+    )
+    assert float(sample["used"]) > 4  # at least the 4 MiB tensor

@@ -151,7 +151,7 @@ def gpu_probe(ctx):
         1,
         {
             "cuda": float(on_cuda and ctx.device.type == "cuda"),
-            "nccl": float(ctx.world_size == 1 or dist.get_backend() == "nccl"),
+            "nccl": float(dist.is_initialized() and dist.get_backend() == "nccl"),
             "loss": float(loss.detach()),
         },
     )
