@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, model_validator
 from typing_extensions import TypeAliasType
 
-from resolute.config._base import Section, StrictFloat, StrictInt, StrictStr
+from resolute.config._base import Section, StrictBool, StrictFloat, StrictInt, StrictStr
 from resolute.config._issues import Issue, raise_issues
 from resolute.search.space import Categorical, Const, Double, Int, Log, Space
 
@@ -23,6 +23,13 @@ _COUNT = Field(
     default=None,
     ge=1,
     description="the number of grid points (needed by searcher 'grid' for numeric parameters)",
+)
+_PERTURB = Field(
+    default=True,
+    description=(
+        "whether PBT may change this value when it explores (false: a member keeps its "
+        "donor's value; use it for architecture sizes, whose weights a clone must load)"
+    ),
 )
 
 
@@ -36,6 +43,7 @@ class IntSpec(Section):
     minval: StrictInt = Field(description="the smallest value (inclusive)")
     maxval: StrictInt = Field(description="the largest value (inclusive)")
     count: StrictInt | None = _COUNT
+    perturb: StrictBool = _PERTURB
 
     @model_validator(mode="after")
     def _check(self) -> IntSpec:
@@ -59,6 +67,7 @@ class DoubleSpec(Section):
     minval: StrictFloat = Field(description="the lower bound")
     maxval: StrictFloat = Field(description="the upper bound")
     count: StrictInt | None = _COUNT
+    perturb: StrictBool = _PERTURB
 
     @model_validator(mode="after")
     def _check(self) -> DoubleSpec:
@@ -74,6 +83,7 @@ class LogSpec(Section):
     maxval: StrictFloat = Field(description="the largest exponent (1e-1 is maxval: -1)")
     base: StrictFloat = Field(default=10.0, gt=0, description="the base of the exponents")
     count: StrictInt | None = _COUNT
+    perturb: StrictBool = _PERTURB
 
     @model_validator(mode="after")
     def _check(self) -> LogSpec:
@@ -105,6 +115,7 @@ class LogSpec(Section):
 class CategoricalSpec(Section):
     type: Literal["categorical"]
     vals: tuple[Any, ...] = Field(min_length=1, description="the list of choices")
+    perturb: StrictBool = _PERTURB
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalSpec:
@@ -194,13 +205,13 @@ def to_space(hyperparameters: dict[str, Any]) -> Space:
         elif isinstance(spec, ConstSpec):
             space[name] = Const(spec.val)
         elif isinstance(spec, IntSpec):
-            space[name] = Int(spec.minval, spec.maxval, spec.count)
+            space[name] = Int(spec.minval, spec.maxval, spec.count, perturb=spec.perturb)
         elif isinstance(spec, DoubleSpec):
-            space[name] = Double(spec.minval, spec.maxval, spec.count)
+            space[name] = Double(spec.minval, spec.maxval, spec.count, perturb=spec.perturb)
         elif isinstance(spec, LogSpec):
-            space[name] = Log(spec.minval, spec.maxval, spec.base, spec.count)
+            space[name] = Log(spec.minval, spec.maxval, spec.base, spec.count, perturb=spec.perturb)
         elif isinstance(spec, CategoricalSpec):
-            space[name] = Categorical(tuple(spec.vals))
+            space[name] = Categorical(tuple(spec.vals), perturb=spec.perturb)
         else:  # pragma: no cover - the model admits nothing else
             raise TypeError(f"unexpected hyperparameter spec {spec!r}")
     return space

@@ -29,6 +29,7 @@ class Int:
     minval: int
     maxval: int
     count: int | None = None  # grid points
+    perturb: bool = True  # False: PBT keeps the donor's value (e.g. an architecture size)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Double:
     minval: float
     maxval: float
     count: int | None = None
+    perturb: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,13 @@ class Log:
     maxval: float
     base: float = 10.0
     count: int | None = None
+    perturb: bool = True
 
 
 @dataclass(frozen=True)
 class Categorical:
     vals: tuple[Any, ...]
+    perturb: bool = True
 
 
 Param = Const | Int | Double | Log | Categorical
@@ -212,7 +216,8 @@ def perturb(
       [base**minval, base**maxval] is exactly clipping the exponent to [minval, maxval].
     - Categorical: moves one place left or right in ``vals`` (a fair draw), turning back at
       either end; a value not in ``vals`` is resampled.
-    - Const: unchanged.
+    - Const, and any parameter declared with ``perturb=False``: unchanged (a member keeps
+      its donor's value; architecture sizes must, or the donor's weights do not load).
 
     Every result is clipped to its parameter's range.
     """
@@ -245,6 +250,8 @@ def _perturb_one(
 ) -> Any:
     if isinstance(param, Const):
         return param.value
+    if not param.perturb and old is not None:
+        return old
     if float(rng.random()) < resample_probability or old is None:
         return _sample_one(param, rng)
     if isinstance(param, Categorical):

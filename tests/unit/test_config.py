@@ -735,3 +735,23 @@ def test_yaml_floats_with_exponents_but_no_dot_are_numbers(tmp_path: Path) -> No
     assert cfg.searcher.max_time == 100.0
     assert cfg.hyperparameters["wd"] == DoubleSpec(type="double", minval=1e-5, maxval=1e-2)
     assert math.isclose(cfg.space()["wd"].maxval, 0.01)  # type: ignore[union-attr]
+
+
+def test_perturb_false_reaches_the_space_and_rejects_non_booleans() -> None:
+    data = {
+        **yaml.safe_load(MINIMAL),
+        "hyperparameters": {
+            "width": {"type": "int", "minval": 16, "maxval": 512, "perturb": False},
+            "lr": {"type": "log", "minval": -4, "maxval": -1},
+            "act": {"type": "categorical", "vals": ["relu", "gelu"], "perturb": False},
+        },
+    }
+    cfg = parse_config(data, context_dir="/")
+    space = cfg.space()
+    assert space["width"] == Int(16, 512, perturb=False)
+    assert space["lr"] == Log(-4, -1)  # perturb defaults to true
+    assert space["act"] == Categorical(("relu", "gelu"), perturb=False)
+    assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
+    data["hyperparameters"]["width"]["perturb"] = "no"
+    with pytest.raises(ConfigError, match="perturb"):
+        parse_config(data, context_dir="/")

@@ -269,3 +269,29 @@ def test_iter_params_walks_depth_first() -> None:
 def test_check_space_names_the_bad_parameter(space: Space, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_space(space)
+
+
+def test_perturb_false_keeps_the_donors_value_even_when_resampling() -> None:
+    space: Space = {
+        "width": Int(16, 512, perturb=False),
+        "act": Categorical(("relu", "gelu", "tanh"), perturb=False),
+        "lr": Log(-4, -1, perturb=False),
+        "drop": Double(0.0, 0.5, perturb=False),
+        "momentum": Double(0.5, 0.99),
+    }
+    donor = {"width": 128, "act": "gelu", "lr": 0.01, "drop": 0.25, "momentum": 0.9}
+    g = rng(11)
+    for prob in (0.0, 1.0):
+        outs = [
+            perturb(space, donor, g, factors=(0.8, 1.2), resample_probability=prob)
+            for _ in range(20)
+        ]
+        assert all(
+            {k: o[k] for k in ("width", "act", "lr", "drop")}
+            == {k: donor[k] for k in ("width", "act", "lr", "drop")}
+            for o in outs
+        )
+        # ...while the perturbable parameter does move.
+        assert any(o["momentum"] != 0.9 for o in outs)
+    # A value the donor lacks is still drawn from the prior.
+    assert 16 <= perturb(space, {}, g, factors=(1.2,), resample_probability=0.0)["width"] <= 512
