@@ -22,7 +22,7 @@ from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
 from resolute.runtime.reports import ReportHandling
 from resolute.runtime.running import TrialRunning
-from resolute.runtime.searcher_actor import Event, ExitEvent
+from resolute.runtime.searcher_actor import Decision, Event, ExitEvent
 from resolute.runtime.storage import ExperimentStorage
 from resolute.runtime.tracking import Tracker
 from resolute.runtime.trial_run import TrialRun
@@ -96,8 +96,7 @@ class ExperimentRun(ReportHandling, TrialRunning):
 
     async def begin(self) -> None:
         async with self._lock:
-            await self._apply(await self._call("initial"))
-            await self._after_decisions()
+            await self._decided(await self._call("begin"))
 
     async def _feed(self, events: list[Event], at_target: set[int] | None = None) -> None:
         """Send events to the searcher and carry out what it answers (in order).
@@ -107,18 +106,20 @@ class ExperimentRun(ReportHandling, TrialRunning):
         if not events or self.searcher_done:
             self._changed()
             return
-        actions = await self._call("handle", events)
-        touched = {a.trial_id for a in actions if not isinstance(a, Shutdown)}
+        decision: Decision = await self._call("decide", events)
+        touched = {a.trial_id for a in decision.actions if not isinstance(a, Shutdown)}
         for sid in (at_target or set()) - touched:
             self.trials[sid].waiting = True
-        await self._apply(actions)
-        await self._after_decisions()
+        await self._decided(decision)
 
-    async def _after_decisions(self) -> None:
-        self.progress = float(await self._call("progress"))
-        self.journal.save_searcher_snapshot(self.id, await self._call("snapshot"))
-        self.journal.update_experiment(self.id, progress=self.progress)
+    async def _decided(self, decision: Decision) -> None:
+        await self._apply(decision.actions)
+        self.progress = float(decision.progress)
+        # The allocation round first (a trial the searcher just stopped frees its slot for
+        # one it just created), the snapshot after it: nothing waits on that write.
         self._changed()
+        self.journal.save_searcher_snapshot(self.id, decision.snapshot)
+        self.journal.update_experiment(self.id, progress=self.progress)
 
     def _changed(self) -> None:
         self._check_finished()
@@ -164,12 +165,23 @@ class ExperimentRun(ReportHandling, TrialRunning):
         tags = {"resolute.searcher_trial_id": str(action.trial_id)}
         if donor is not None:
             tags["resolute.clone_from"] = str(donor.trial_id)
-        run_id = self.tracker.start_trial(trial_id, action.hparams, tags)
-        if run_id:
-            self.journal.update_trial(trial_id, mlflow_run_id=run_id)
+        # Created on the tracker's thread: an MLflow run costs tens of milliseconds, and a
+        # trial created here usually takes a slot that is free right now.
+        self.tracker.start_trial_later(
+            trial_id, action.hparams, tags, on_started=self._run_id_recorder(trial_id)
+        )
         self.trials[action.trial_id] = tr
         self.by_global[trial_id] = tr
         self._enqueue(tr)
+
+    def _run_id_recorder(self, trial_id: int) -> Callable[[str], None]:
+        def record(run_id: str) -> None:
+            try:
+                self.journal.update_trial(trial_id, mlflow_run_id=run_id)
+            except Exception:  # the tracker's thread: log, never raise into it
+                log.exception("trial %s: could not journal its MLflow run id", trial_id)
+
+        return record
 
     def _continue(self, tr: TrialRun, until: float) -> None:
         tr.until = until

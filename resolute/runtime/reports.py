@@ -32,6 +32,7 @@ class ReportHandling:
         metric = self.config.searcher.metric
         events: list[Event] = []
         at_target: set[int] = set()
+        best_before = self.best_trial, self.best_trial.best if self.best_trial else None
         for rep in reports:
             if rep.kind == "metrics" and not tr.first_time(rep.step, rep.metrics):
                 continue  # a survivor's replay of what the lost chief already sent
@@ -60,20 +61,28 @@ class ReportHandling:
                 self._gc_checkpoints(tr)
             elif rep.kind == "event":
                 log.info("trial %s: %s", tr.trial_id, rep.message)
-        self.journal.update_trial(tr.trial_id, last_step=tr.last_step)
         async with self._lock:
             await self._feed(events, at_target)
+        # Journaled after the searcher's answer, which a trial may be blocked on: these
+        # records only inform (the CLI, a restart), nothing starts or stops on them.
+        fields: dict[str, Any] = {"last_step": tr.last_step}
+        if tr.best_step is not None:
+            fields |= {"best_metric": tr.best, "best_step": tr.best_step}
+        self.journal.update_trial(tr.trial_id, **fields)
+        best = self.best_trial
+        if best is not None and (best, best.best) != best_before:
+            self.journal.update_experiment(
+                self.id, best_trial_id=best.trial_id, best_metric=best.best
+            )
 
     def _update_best(self: ExperimentRun, tr: TrialRun, value: float, step: int) -> None:
         smaller = self.config.searcher.smaller_is_better
         score = rank_value(value, smaller_is_better=smaller)
         if tr.best is None or score < rank_value(tr.best, smaller_is_better=smaller):
             tr.best, tr.best_step = value, step
-            self.journal.update_trial(tr.trial_id, best_metric=value, best_step=step)
         best = self.best_trial
         if best is None or score < rank_value(best.best, smaller_is_better=smaller):
             self.best_trial = tr
-            self.journal.update_experiment(self.id, best_trial_id=tr.trial_id, best_metric=value)
 
     def _label_checkpoint(self: ExperimentRun, tr: TrialRun, step: int, value: float) -> None:
         """A checkpoint saved just before the report of its step gets that step's metric

@@ -82,26 +82,42 @@ class SchedulerCore:
         self._changed = asyncio.Event()
         self._seq = itertools.count(1)
         self._loop_task: asyncio.Task[None] | None = None
+        self._in_round = False
 
     # ------------------------------------------------------------ allocation
     def _nodes(self) -> list[Any]:
         return self.view.nodes()
 
     def _on_change(self) -> None:
-        self._changed.set()
+        """Something changed (a trial queued or ended, a setting moved): allocate now.
+
+        The round runs in the caller's turn of the event loop rather than in the rounds
+        task's next turn: a slot freed by a searcher's Stop goes to the trial created by the
+        same decision before anything else (journal writes, other reports) runs."""
+        if self._in_round:
+            self._changed.set()  # a change made by the round itself: one more round
+        else:
+            self._round_logged()
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._rounds())
 
+    def _round_logged(self) -> None:
+        self._in_round = True
+        try:
+            self.allocation_round()
+        except Exception:
+            log.exception("allocation round failed; retrying at the next change")
+        finally:
+            self._in_round = False
+
     async def _rounds(self) -> None:
-        """Allocation rounds: after every change, and every few seconds regardless."""
+        """Allocation rounds every few seconds (nodes joining or leaving are seen here), and
+        after a change a round made itself."""
         while any(not e.finished.is_set() for e in self.experiments.values()):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), ROUND_INTERVAL_S)
             self._changed.clear()
-            try:
-                self.allocation_round()
-            except Exception:
-                log.exception("allocation round failed; retrying at the next change")
+            self._round_logged()
         if self.cluster is not None:
             self.cluster.withdraw()  # nothing left to ask the autoscaler for
         # Idle warm workers hold their slots: with nothing to run they would keep autoscaled
@@ -158,20 +174,20 @@ class SchedulerCore:
         )
         storage = ExperimentStorage(config.storage, exp_id)
         storage.write_config(config.to_yaml())
-        # MLflow's client builds its store on first use (seconds): keep the loop free.
-        tracker = await asyncio.to_thread(
-            Tracker,
+        # Opening MLflow's store takes seconds (a new SQLite store is migrated): the tracker
+        # does it on its own thread while the first trials start.
+        tracker = Tracker(
             tracking_uri=config.tracking.mlflow_uri or default_tracking_uri(config.storage),
             experiment_name=config.name,
             tensorboard_root=storage.tensorboard_dir if config.tracking.tensorboard else None,
+            connect_now=False,
         )
-        run_id = await asyncio.to_thread(
-            tracker.start_experiment,
+        tracker.start_experiment_later(
             config.to_dict(),
             config.searcher.name,
             {"resolute.experiment_id": str(exp_id), "resolute.seed": str(seed)},
+            on_started=self._experiment_run_recorder(exp_id),
         )
-        self.journal.update_experiment(exp_id, mlflow_run_id=run_id)
         searcher = make_searcher(config.searcher_settings(), config.space(), seed)
         shell: Any = SearcherActor.options(  # type: ignore[attr-defined]
             name=f"searcher/{exp_id}", namespace=NAMESPACE
@@ -194,6 +210,15 @@ class SchedulerCore:
         hold_package(exp_id, config)
         await exp.begin()
         return exp_id
+
+    def _experiment_run_recorder(self, experiment_id: int) -> Any:
+        def record(run_id: str) -> None:
+            try:
+                self.journal.update_experiment(experiment_id, mlflow_run_id=run_id)
+            except Exception:  # the tracker's thread: log, never raise into it
+                log.exception("experiment %s: could not journal its MLflow run", experiment_id)
+
+        return record
 
     async def _start_group(self, spec: TrialSpec, n: int, max_workers: int) -> Any:
         from resolute.elastic.group import WorkerGroup

@@ -30,6 +30,15 @@ class ExitEvent:
 Event = ResultEvent | ExitEvent
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the searcher answered to a batch of events, and its state afterwards."""
+
+    actions: list[Action]
+    progress: float
+    snapshot: dict[str, Any]
+
+
 class SearcherShell:
     """The searcher driven through events; kept separate from the actor class so that the
     scheduler can also run it in-process (tests, and the single-process fallback)."""
@@ -50,6 +59,14 @@ class SearcherShell:
             else:
                 actions += self._searcher.on_trial_exited(event.trial_id, event.reason)
         return actions
+
+    def decide(self, events: list[Event]) -> Decision:
+        """``handle`` plus the progress and snapshot after it: one round trip per decision."""
+        return Decision(self.handle(events), self.progress(), self.snapshot())
+
+    def begin(self) -> Decision:
+        """``initial`` plus the progress and snapshot after it."""
+        return Decision(self.initial(), self.progress(), self.snapshot())
 
     def progress(self) -> float:
         return self._searcher.progress()

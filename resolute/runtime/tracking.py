@@ -6,8 +6,11 @@ several experiments in one process.
 
 Threading. ``start_experiment``, ``start_trial`` and ``attach_experiment`` talk to MLflow
 directly, since they return a run id (tens of milliseconds; the first call on a new SQLite
-store runs MLflow's migrations, seconds: call them through ``asyncio.to_thread`` from an
-event loop if that matters). Everything else only enqueues: one background thread writes
+store runs MLflow's migrations, seconds). A scheduler cannot wait that long between a
+searcher's decision and a trial's start, so it uses ``Tracker(connect_now=False)`` (the
+store is opened on the background thread) and ``start_experiment_later`` /
+``start_trial_later``, which create the runs on that thread, in order, and hand the run id
+to a callback. Everything else only enqueues: one background thread writes
 metrics with ``log_batch`` (at most 1000 per call) every ``flush_interval_s`` or as soon as
 1000 are waiting, plus tags, params, artifacts, run ends and TensorBoard scalars, in the
 order they were asked for (``tracking_batch``). Every method is safe to call from any thread.
@@ -81,6 +84,7 @@ class Tracker:
         tensorboard_root: Callable[[int], Path] | None = None,
         artifact_location: str | None = None,
         flush_interval_s: float = 0.5,
+        connect_now: bool = True,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -90,25 +94,44 @@ class Tracker:
             safe = re.sub(r"[^\w.\-]", "_", experiment_name)
             self._artifact_location = str(db.parent / "mlartifacts" / safe)
         self._client: MlflowClient | None = None
-        try:
-            self._client = MlflowClient(tracking_uri)  # a SQLite store is created/migrated here
-        except Exception:
-            log.exception(
-                "MLflow: cannot use tracking uri %s, so experiment %s is not tracked in MLflow "
-                "(TensorBoard still is); fix tracking.mlflow_uri in the experiment config",
-                tracking_uri,
-                experiment_name,
-            )
+        self._connected = False
+        self._connect_lock = threading.Lock()
         self.mlflow_experiment_id: str | None = None
         self.experiment_run_id: str | None = None
         self._trial_runs: dict[int, str] = {}
         self._runs_lock = threading.Lock()
         self._batch = BatchWriter(
-            client=self._client,
+            client=None,
             name=experiment_name,
             tensorboard_root=tensorboard_root,
             flush_interval_s=flush_interval_s,
+            resolve_run=self._run_of,
         )
+        if connect_now:
+            self._ensure_client()
+        else:
+            self._batch.enqueue(_Op("call", data=self._ensure_client))
+
+    def _ensure_client(self) -> MlflowClient | None:
+        """Open the MLflow store once (a new SQLite store is created/migrated here)."""
+        with self._connect_lock:
+            if not self._connected:
+                self._connected = True
+                try:
+                    self._client = MlflowClient(self.tracking_uri)
+                except Exception:
+                    log.exception(
+                        "MLflow: cannot use tracking uri %s, so experiment %s is not tracked "
+                        "in MLflow (TensorBoard still is); fix tracking.mlflow_uri in the "
+                        "experiment config",
+                        self.tracking_uri,
+                        self.experiment_name,
+                    )
+                self._batch.set_client(self._client)
+            return self._client
+
+    def _run_of(self, trial_id: int | None) -> str | None:
+        return self.experiment_run_id if trial_id is None else self.trial_run_id(trial_id)
 
     # --- runs (synchronous: they return ids) -------------------------------------------
 
@@ -140,13 +163,28 @@ class Tracker:
     ) -> str | None:
         """Create the parent run: flattened config as params, the config as
         ``config.yaml`` artifact. Returns its run id, or None if MLflow failed (logged)."""
+        return self._start_experiment(
+            config, searcher_name, tags, run_name=run_name, config_yaml=config_yaml, inline=False
+        )
+
+    def _start_experiment(
+        self,
+        config: Mapping[str, Any],
+        searcher_name: str,
+        tags: Mapping[str, Any] | None,
+        *,
+        run_name: str | None,
+        config_yaml: str | None,
+        inline: bool,
+    ) -> str | None:
         all_tags = {"resolute.role": "experiment", "resolute.searcher": searcher_name}
         all_tags |= dict(tags or {})
-        if self._client is None:
+        client = self._ensure_client()
+        if client is None:
             return None
         try:
-            run = self._client.create_run(
-                self._experiment_id(self._client),
+            run = client.create_run(
+                self._experiment_id(client),
                 run_name=run_name or self.experiment_name,
                 tags={t.key: t.value for t in _tags(all_tags)},
             )
@@ -154,26 +192,64 @@ class Tracker:
             log.exception("MLflow: could not start the run of experiment %s", self.experiment_name)
             return None
         self.experiment_run_id = run.info.run_id
-        self._batch.enqueue(
-            _Op("params", run_id=self.experiment_run_id, data=flatten_params(config))
-        )
         text = config_yaml if config_yaml is not None else yaml.safe_dump(dict(config))
-        self._batch.enqueue(_Op("text", run_id=self.experiment_run_id, data=("config.yaml", text)))
+        self._queue_or_write(
+            [
+                _Op("params", run_id=self.experiment_run_id, data=flatten_params(config)),
+                _Op("text", run_id=self.experiment_run_id, data=("config.yaml", text)),
+            ],
+            inline=inline,
+        )
         return self.experiment_run_id
 
+    def start_experiment_later(
+        self,
+        config: Mapping[str, Any],
+        searcher_name: str,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        on_started: Callable[[str], None] | None = None,
+        config_yaml: str | None = None,
+    ) -> None:
+        """``start_experiment`` on the background thread; ``on_started(run_id)`` is called
+        there once the run exists (not at all if MLflow failed, which is logged)."""
+
+        def start() -> None:
+            run_id = self._start_experiment(
+                config, searcher_name, tags, run_name=None, config_yaml=config_yaml, inline=True
+            )
+            if run_id is not None and on_started is not None:
+                on_started(run_id)
+
+        self._batch.enqueue(_Op("call", data=start))
+
     def start_trial(
-        self, trial_id: int, hparams: Mapping[str, Any], tags: Mapping[str, Any] | None = None
+        self,
+        trial_id: int,
+        hparams: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Create the trial's nested run (hparams as dotted params). Its run id, or None."""
+        return self._start_trial(trial_id, hparams, tags, inline=False)
+
+    def _start_trial(
+        self,
+        trial_id: int,
+        hparams: Mapping[str, Any],
+        tags: Mapping[str, Any] | None,
+        *,
+        inline: bool,
+    ) -> str | None:
         all_tags: dict[str, Any] = {"resolute.trial_id": str(trial_id), "resolute.role": "trial"}
         if self.experiment_run_id is not None:
             all_tags["mlflow.parentRunId"] = self.experiment_run_id
         all_tags |= dict(tags or {})
-        if self._client is None:
+        client = self._ensure_client()
+        if client is None:
             return None
         try:
-            run = self._client.create_run(
-                self._experiment_id(self._client),
+            run = client.create_run(
+                self._experiment_id(client),
                 run_name=f"trial-{trial_id}",
                 tags={t.key: t.value for t in _tags(all_tags)},
             )
@@ -183,15 +259,44 @@ class Tracker:
         run_id: str = run.info.run_id
         with self._runs_lock:
             self._trial_runs[trial_id] = run_id
-        self._batch.enqueue(_Op("params", run_id=run_id, data=flatten_params(hparams)))
+        self._queue_or_write(
+            [_Op("params", run_id=run_id, data=flatten_params(hparams))], inline=inline
+        )
         return run_id
+
+    def start_trial_later(
+        self,
+        trial_id: int,
+        hparams: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+        *,
+        on_started: Callable[[str], None] | None = None,
+    ) -> None:
+        """``start_trial`` on the background thread, after everything queued before (the
+        parent run first); the trial's metrics, tags and end queued meanwhile go to the run
+        once it exists. ``on_started(run_id)`` is called on that thread."""
+
+        def start() -> None:
+            run_id = self._start_trial(trial_id, hparams, tags, inline=True)
+            if run_id is not None and on_started is not None:
+                on_started(run_id)
+
+        self._batch.enqueue(_Op("call", data=start))
+
+    def _queue_or_write(self, ops: list[_Op], *, inline: bool = False) -> None:
+        if inline:
+            self._batch.write_inline(ops)
+        else:
+            for op in ops:
+                self._batch.enqueue(op)
 
     def attach_experiment(self, run_id: str) -> bool:
         """Continue an existing parent run (a restarted scheduler). False if unusable."""
-        if self._client is None:
+        client = self._ensure_client()
+        if client is None:
             return False
         try:
-            run = self._client.get_run(run_id)
+            run = client.get_run(run_id)
         except Exception:
             log.exception("MLflow: cannot attach to run %s", run_id)
             return False
@@ -219,7 +324,8 @@ class Tracker:
 
     def set_trial_tags(self, trial_id: int, tags: Mapping[str, Any]) -> None:
         """Tag the trial's run (searcher decisions: ``{"decision.step_64": "continue"}``)."""
-        self._batch.enqueue(_Op("tags", run_id=self.trial_run_id(trial_id), data=dict(tags)))
+        op = _Op("tags", run_id=self.trial_run_id(trial_id), trial_id=trial_id, data=dict(tags))
+        self._batch.enqueue(op)
 
     def log_checkpoint(self, trial_id: int, uri: str, step: int) -> None:
         """Tag the trial's run with its latest checkpoint."""

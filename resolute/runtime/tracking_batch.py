@@ -4,7 +4,10 @@ A ``Tracker`` turns each call into an ``_Op`` and hands it to ``BatchWriter.enqu
 thread). One thread writes the ops in the order they came: metrics gathered for
 ``flush_interval_s`` (or until 1000 are waiting) and sent with ``log_batch``, the rest
 (params, tags, artifacts, run ends) one by one, each run's metrics before its end.
-TensorBoard scalars are written by the same thread. MLflow calls that fail are retried a
+TensorBoard scalars are written by the same thread. A ``call`` op runs a function there, in
+its place in the order: the Tracker connects to MLflow and creates runs that way, so the
+scheduler never waits for MLflow. An op that names a trial but no run id gets the trial's
+run id when it is written (its run may have been created after the op was queued). MLflow calls that fail are retried a
 few times when the error may pass, then dropped and logged; nothing is raised.
 """
 
@@ -31,6 +34,10 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
+
+# A run id for an op queued before its run existed: the trial's (an int) or, for None, the
+# experiment's parent run.
+RunResolver = Callable[[int | None], str | None]
 
 log = logging.getLogger("resolute.tracking")
 
@@ -78,7 +85,8 @@ def _now_ms() -> int:
 
 @dataclass
 class _Op:
-    """One queued write. ``kind``: metrics | params | tags | text | end | flush."""
+    """One queued write. ``kind``: metrics | params | tags | text | end | flush | call
+    (``data`` is a function of no arguments, run on the writer thread)."""
 
     kind: str
     run_id: str | None = None
@@ -101,8 +109,10 @@ class BatchWriter:
         name: str,
         tensorboard_root: Callable[[int], Path] | None,
         flush_interval_s: float,
+        resolve_run: RunResolver | None = None,
     ) -> None:
         self._client = client
+        self._resolve_run = resolve_run
         self._name = name
         self._tb_root = tensorboard_root
         self._interval = flush_interval_s
@@ -159,6 +169,22 @@ class BatchWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def set_client(self, client: MlflowClient | None) -> None:
+        """The client to write with from now on (set by a ``call`` op that connected)."""
+        self._client = client
+
+    def write_inline(self, ops: Iterable[_Op]) -> None:
+        """Write ``ops`` now; only from the writer thread (inside a ``call`` op), so that
+        what a call queues lands before a ``flush`` queued after the call."""
+        self._write(ops)
+
+    def _run_id(self, op: _Op) -> str | None:
+        if op.run_id is not None or self._resolve_run is None:
+            return op.run_id
+        if op.kind in ("flush", "call"):
+            return None
+        return self._resolve_run(op.trial_id)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -189,6 +215,7 @@ class BatchWriter:
     def _write(self, batch: Iterable[_Op]) -> None:
         metrics: dict[str, list[Metric]] = {}
         for op in batch:
+            op.run_id = self._run_id(op)
             if op.kind == "metrics":
                 values = self._clean(op)
                 self._tensorboard(op, values)
@@ -202,6 +229,11 @@ class BatchWriter:
             if op.kind == "flush":
                 for writer in self._writers.values():
                     writer.flush()
+            elif op.kind == "call":
+                try:
+                    op.data()
+                except Exception:  # one failed call must not lose the batch around it
+                    log.exception("tracking: a deferred MLflow call of %s failed", self._name)
             elif op.kind == "end" and op.trial_id is not None and op.trial_id in self._writers:
                 self._writers.pop(op.trial_id).close()
             if op.run_id is None:
