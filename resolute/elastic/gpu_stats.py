@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,3 +182,56 @@ def gpu_metrics(samples: Iterable[GpuSample], *, prefix: str = "system/gpu") -> 
             if value is not None:
                 out[f"{base}/{key}"] = value
     return out
+
+
+class GpuSampler:
+    """Samples the process's GPUs every ``interval_s`` in a daemon thread and hands the
+    metrics to ``emit``. A failing ``emit`` is logged, never raised into training; a process
+    without GPUs starts no thread at all."""
+
+    def __init__(
+        self,
+        *,
+        emit: Callable[[dict[str, float]], None],
+        interval_s: float = 30.0,
+        prefix: str = "system/gpu",
+        monitor: GpuMonitor | None = None,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s!r}")
+        self._emit = emit
+        self._interval_s = interval_s
+        self._prefix = prefix
+        self._monitor = monitor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Start sampling; False (and nothing started) when there is no GPU to read."""
+        if self._monitor is None:
+            self._monitor = GpuMonitor()
+        if not self._monitor.available:
+            log.debug("no GPU statistics: %s", self._monitor.reason)
+            return False
+        self._thread = threading.Thread(target=self._loop, name="resolute-gpu-stats", daemon=True)
+        self._thread.start()
+        return True
+
+    def _loop(self) -> None:
+        assert self._monitor is not None
+        while True:
+            try:
+                metrics = gpu_metrics(self._monitor.sample(), prefix=self._prefix)
+                if metrics:
+                    self._emit(metrics)
+            except Exception:  # statistics must never take training down
+                log.warning("GPU statistics: sampling or sending failed", exc_info=True)
+            if self._stop.wait(self._interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._monitor is not None:
+            self._monitor.close()

@@ -7,7 +7,13 @@ import subprocess
 
 import pytest
 
-from resolute.elastic.gpu_stats import GpuMonitor, GpuSample, gpu_metrics, visible_devices
+from resolute.elastic.gpu_stats import (
+    GpuMonitor,
+    GpuSample,
+    GpuSampler,
+    gpu_metrics,
+    visible_devices,
+)
 
 
 def _nvidia_gpus() -> int:
@@ -84,3 +90,35 @@ def test_metrics_are_named_per_ordinal_and_skip_unsupported_fields():
         "system/gpu1/memory_used_mb": 512.0,
         "system/gpu1/memory_used_pct": 5.0,
     }
+
+
+def test_a_sampler_without_gpus_starts_no_thread():
+    sent: list[dict[str, float]] = []
+    sampler = GpuSampler(
+        emit=sent.append, interval_s=0.01, monitor=GpuMonitor(cuda_visible_devices="")
+    )
+    assert sampler.start() is False
+    sampler.stop()
+    assert sent == []
+    with pytest.raises(ValueError, match="interval_s"):
+        GpuSampler(emit=sent.append, interval_s=0)
+
+
+@pytest.mark.skipif(_nvidia_gpus() == 0, reason="needs an NVIDIA GPU")
+def test_a_sampler_sends_gpu_metrics_and_survives_a_failing_sink():
+    import threading
+
+    got = threading.Event()
+    sent: list[dict[str, float]] = []
+
+    def emit(metrics: dict[str, float]) -> None:
+        sent.append(metrics)
+        if len(sent) == 1:
+            raise RuntimeError("sink down")  # must not stop the sampler
+        got.set()
+
+    sampler = GpuSampler(emit=emit, interval_s=0.05, monitor=GpuMonitor(use_env=False))
+    assert sampler.start() is True
+    assert got.wait(10)
+    sampler.stop()
+    assert "system/gpu0/memory_used_mb" in sent[-1]
