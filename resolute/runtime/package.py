@@ -161,7 +161,7 @@ class PackageHolder:
         log.info("experiment %s is over; releasing %s", self.experiment_id, self.uri)
         import ray
 
-        ray.actor.exit_actor()
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
     async def _experiment_over(self) -> bool:
         import ray
