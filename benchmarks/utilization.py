@@ -206,6 +206,28 @@ def measure(root: Path, system: str, run: dict[str, float], slots: int) -> dict[
     first, last = min(s["t0"] for s in steps), max(s["t1"] for s in steps)
     trials = {s["idx"] for s in steps}
     promoted = {idx for idx in trials if any(s["idx"] == idx and s["step"] > 1 for s in steps)}
+    by_trial: dict[int, list[dict[str, Any]]] = {}
+    for s in steps:
+        by_trial.setdefault(s["idx"], []).append(s)
+    for ts in by_trial.values():
+        ts.sort(key=lambda s: s["step"])
+    # Where idle slot time went. Until the last trial's first step there was always a trial
+    # to start, so idle slot time there is the scheduler's (handovers between trials, and
+    # trials waiting inside report for a decision); after it, the tail (fewer trials than
+    # slots) idles slots for both systems alike.
+    last_start = max(ts[0]["t0"] for ts in by_trial.values())
+
+    def busy_in(a: float, b: float) -> float:
+        return sum(max(0.0, min(s["t1"], b) - max(s["t0"], a)) for s in steps)
+
+    decision_waits = sum(
+        ts[i + 1]["t0"] - ts[i]["t1"]
+        for ts in by_trial.values()
+        for i in range(len(ts) - 1)
+        if ts[i + 1]["t0"] <= last_start
+    )
+    scheduling_idle = slots * (last_start - first) - busy_in(first, last_start)
+    handovers = max(1, len(by_trial) - slots)
     return {
         "utilization_steady": busy / (slots * (last - first)),
         "utilization_end_to_end": busy / (slots * (run["end"] - run["start"])),
@@ -216,6 +238,10 @@ def measure(root: Path, system: str, run: dict[str, float], slots: int) -> dict[
         "trials": len(trials),
         "steps": len(steps),
         "trials_past_first_rung": len(promoted),
+        "scheduling_idle_slot_s": scheduling_idle,
+        "decision_wait_slot_s": decision_waits,
+        "handover_idle_ms": 1000 * (scheduling_idle - decision_waits) / handovers,
+        "tail_idle_slot_s": slots * (last - last_start) - busy_in(last_start, last),
     }
 
 
@@ -230,6 +256,10 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         ("trials run", "trials", "{}"),
         ("trials past the first rung", "trials_past_first_rung", "{}"),
         ("training steps", "steps", "{}"),
+        ("idle slot-s while trials were left to start", "scheduling_idle_slot_s", "{:.1f}"),
+        ("  of which trials waiting for a decision", "decision_wait_slot_s", "{:.1f}"),
+        ("  idle per handover between trials (ms)", "handover_idle_ms", "{:.0f}"),
+        ("idle slot-s in the tail", "tail_idle_slot_s", "{:.1f}"),
     ]
     systems = list(figures)
     width = max(len(r[0]) for r in rows)

@@ -230,13 +230,25 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             return
         click.echo(
             _table(
-                ["id", "name", "status", "progress", "best trial", "best metric", "created"],
+                [
+                    "id",
+                    "name",
+                    "status",
+                    "progress",
+                    "priority",
+                    "max slots",
+                    "best trial",
+                    "best metric",
+                    "created",
+                ],
                 [
                     [
                         e.id,
                         e.name,
                         e.status.value,
                         f"{100 * (e.progress or 0):.0f}%",
+                        e.priority,
+                        e.max_slots,
                         e.best_trial_id,
                         e.best_metric,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created_at)),
@@ -276,6 +288,10 @@ def register(experiment: click.Group, trial: click.Group) -> None:
             f"experiment {exp.id}: {exp.name}  status {exp.status.value}  "
             f"searcher {config.searcher.name}  metric {config.searcher.metric} "
             f"({'smaller' if smaller else 'larger'} is better)  seed {exp.seed}"
+        )
+        click.echo(
+            f"priority {exp.priority}  max slots {_fmt(exp.max_slots)}  "
+            "(change with `resolute experiment set-priority` / `set-max-slots`)"
         )
         click.echo(f"storage: {exp.storage_root}")
         hp_names = sorted({k for t in trials for k in _flat(t.hparams)})

@@ -26,8 +26,10 @@ from sqlalchemy.engine import Connection, Engine
 from resolute.errors import JournalError, NotFound
 from resolute.runtime.journal_schema import (
     _EXPERIMENT_FIELDS,
+    _SETTINGS_FIELDS,
     _SNAPSHOT_FIELD,
     _TRIAL_FIELDS,
+    DEFAULT_PRIORITY,
     SCHEMA_VERSION,
     CheckpointRecord,
     ExperimentRecord,
@@ -176,11 +178,20 @@ class Journal:
     # --- experiments -----------------------------------------------------------------
 
     def create_experiment(
-        self, *, name: str, config_yaml: str, seed: int, storage_root: str
+        self,
+        *,
+        name: str,
+        config_yaml: str,
+        seed: int,
+        storage_root: str,
+        priority: int = DEFAULT_PRIORITY,
+        max_slots: int | None = None,
     ) -> int:
-        """Journal a new ACTIVE experiment; returns its id."""
-        values = {"name": name, "config_yaml": config_yaml, "seed": seed}
+        """Journal a new ACTIVE experiment; returns its id. ``priority`` and ``max_slots``:
+        its config's, until an operator changes them (``set_priority``, ``set_max_slots``)."""
+        values: dict[str, Any] = {"name": name, "config_yaml": config_yaml, "seed": seed}
         values |= {"storage_root": storage_root, "status": ExperimentStatus.ACTIVE.value}
+        values |= {"priority": priority, "max_slots": max_slots}
         with self._write() as conn:
             result = conn.execute(
                 _experiments.insert().values(progress=0.0, created_at=time.time(), **values)
@@ -214,8 +225,21 @@ class Journal:
 
     def update_experiment(self, experiment_id: int, **fields: Any) -> None:
         """Set plain fields: config_yaml, storage_root, mlflow_run_id, best_trial_id,
-        best_metric, progress. Status has its own checked method."""
+        best_metric, progress (priority and max_slots have their own checked setters). Status
+        has its own checked method."""
         self._update(_experiments, experiment_id, fields, _EXPERIMENT_FIELDS)
+
+    def set_priority(self, experiment_id: int, priority: int) -> None:
+        """Journal an operator's new priority for an experiment (1..99, lower runs first)."""
+        if not 1 <= priority <= 99:
+            raise ValueError(f"priority must be 1..99, got {priority}")
+        self._update(_experiments, experiment_id, {"priority": priority}, _SETTINGS_FIELDS)
+
+    def set_max_slots(self, experiment_id: int, max_slots: int | None) -> None:
+        """Journal an operator's new slot cap for an experiment (None: no cap)."""
+        if max_slots is not None and max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1 (or None), got {max_slots}")
+        self._update(_experiments, experiment_id, {"max_slots": max_slots}, _SETTINGS_FIELDS)
 
     def save_searcher_snapshot(self, experiment_id: int, snapshot: dict[str, Any]) -> None:
         self._update(_experiments, experiment_id, {"searcher_snapshot": snapshot}, _SNAPSHOT_FIELD)

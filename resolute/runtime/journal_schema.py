@@ -1,22 +1,31 @@
 """The journal's tables, the records read from them, and the helpers that turn rows into
 records. ``journal`` owns every connection and transaction; ``_ensure_schema`` runs in one.
 
-Changing a table means a new ``SCHEMA_VERSION``: the journal refuses a database written
-with another one.
+Changing a table means a new ``SCHEMA_VERSION`` and a step in ``_MIGRATIONS`` that brings
+a journal of the version before up to it, in the same transaction as the check: a journal
+written by an older resolute is upgraded in place when opened, without losing a row. One
+written by a newer resolute is refused.
+
+Versions: 1, the first; 2, experiments' operator settings (``priority``, ``max_slots``:
+what ``experiment set-priority`` / ``set-max-slots`` last set, else the config's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import yaml
 from sqlalchemy.engine import Connection
 
+from resolute.config import ResourcesConfig
 from resolute.errors import JournalError
 from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DEFAULT_PRIORITY: int = ResourcesConfig.model_fields["priority"].default
 
 _md = sa.MetaData()
 
@@ -44,6 +53,10 @@ _experiments = sa.Table(
     sa.Column("progress", sa.Float, nullable=False, default=0.0),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float, nullable=True),
+    # Operator settings (version 2). Nullable only because a column added to a table with
+    # rows must be: every row has a priority (the migration fills them in).
+    sa.Column("priority", sa.Integer, nullable=True),
+    sa.Column("max_slots", sa.Integer, nullable=True),  # None: no cap
     sqlite_autoincrement=True,
 )
 
@@ -87,6 +100,7 @@ _checkpoints = sa.Table(
 _EXPERIMENT_FIELDS = frozenset(
     {"config_yaml", "storage_root", "mlflow_run_id", "best_trial_id", "best_metric", "progress"}
 )
+_SETTINGS_FIELDS = frozenset({"priority", "max_slots"})
 _TRIAL_FIELDS = frozenset(
     {"restarts", "last_step", "best_metric", "best_step", "mlflow_run_id", "error"}
 )
@@ -109,6 +123,8 @@ class ExperimentRecord:
     progress: float
     created_at: float  # seconds since the epoch
     ended_at: float | None
+    priority: int  # 1..99, lower runs first
+    max_slots: int | None  # the most slots its trials hold together; None: no cap
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,8 @@ def _record(cls: type[_R], row: sa.Row[Any]) -> _R:
     m = dict(row._mapping)
     if cls is ExperimentRecord:
         m["status"] = ExperimentStatus(m["status"])
+        if m["priority"] is None:  # written by another process while it migrated
+            m["priority"] = DEFAULT_PRIORITY
     elif cls is TrialRecord:
         m["status"] = TrialStatus(m["status"])
     return cls(**{k: m[k] for k in cls.__dataclass_fields__})
@@ -163,17 +181,60 @@ def _new_id(result: sa.CursorResult[Any]) -> int:
 
 
 def _ensure_schema(conn: Connection, url: str) -> None:
-    """Create the missing tables of a new journal, or check an existing one's version."""
-    _md.create_all(conn, checkfirst=True)
-    found = conn.execute(
-        sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
-    ).scalar_one_or_none()
+    """Create the tables of a new journal, or bring an existing one up to this version."""
+    version_row = sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
+    existing = sa.inspect(conn).has_table(_experiments.name)
+    found = conn.execute(version_row).scalar_one_or_none() if existing else None
     if found is None:
+        _md.create_all(conn, checkfirst=True)
         conn.execute(_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    elif int(found) != SCHEMA_VERSION:
-        newer = int(found) > SCHEMA_VERSION
+        return
+    version = int(found)
+    if version > SCHEMA_VERSION:
         raise JournalError(
-            f"the journal at {url} has schema version {found}, this resolute "
-            f"writes version {SCHEMA_VERSION}: "
-            + ("upgrade resolute" if newer else "open it with the resolute that made it")
+            f"the journal at {url} has schema version {version}, this resolute reads up to "
+            f"version {SCHEMA_VERSION}: upgrade resolute"
         )
+    while version < SCHEMA_VERSION:
+        _MIGRATIONS[version](conn)
+        version += 1
+        conn.execute(
+            _meta.update().where(_meta.c.key == "schema_version").values(value=str(version))
+        )
+    _md.create_all(conn, checkfirst=True)  # tables a later version added
+
+
+def _add_operator_settings(conn: Connection) -> None:
+    """Version 1 -> 2: add ``priority`` and ``max_slots`` to experiments, each row's taken
+    from its own config (what the scheduler ran it with, no operator change being known)."""
+    conn.execute(sa.text("ALTER TABLE experiments ADD COLUMN priority INTEGER"))
+    conn.execute(sa.text("ALTER TABLE experiments ADD COLUMN max_slots INTEGER"))
+    rows = conn.execute(sa.select(_experiments.c.id, _experiments.c.config_yaml)).all()
+    for row in rows:
+        priority, max_slots = _settings_in_config(row.config_yaml)
+        conn.execute(
+            _experiments.update()
+            .where(_experiments.c.id == row.id)
+            .values(priority=priority, max_slots=max_slots)
+        )
+
+
+def _settings_in_config(config_yaml: str) -> tuple[int, int | None]:
+    """``resources.priority`` and ``resources.max_slots`` of a journaled config; the
+    defaults where the text has none or cannot be read (the config was validated when it
+    was submitted, perhaps by an older resolute: only these two values are looked at)."""
+    try:
+        data = yaml.safe_load(config_yaml)
+    except yaml.YAMLError:
+        return DEFAULT_PRIORITY, None
+    res = data.get("resources") if isinstance(data, dict) else None
+    res = res if isinstance(res, dict) else {}
+    priority, max_slots = res.get("priority"), res.get("max_slots")
+    return (
+        priority if isinstance(priority, int) and 1 <= priority <= 99 else DEFAULT_PRIORITY,
+        max_slots if isinstance(max_slots, int) and max_slots >= 1 else None,
+    )
+
+
+# Step ``v`` brings a journal of version ``v`` to ``v + 1``.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_operator_settings}

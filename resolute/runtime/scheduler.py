@@ -170,7 +170,12 @@ class SchedulerCore:
         self._check_fits(config)
         seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
         exp_id = self.journal.create_experiment(
-            name=config.name, config_yaml=config.to_yaml(), seed=seed, storage_root=config.storage
+            name=config.name,
+            config_yaml=config.to_yaml(),
+            seed=seed,
+            storage_root=config.storage,
+            priority=config.resources.priority,
+            max_slots=config.resources.max_slots,
         )
         storage = ExperimentStorage(config.storage, exp_id)
         storage.write_config(config.to_yaml())
@@ -279,6 +284,7 @@ class SchedulerCore:
         if not 1 <= priority <= 99:
             raise SchedulerError(f"priority must be 1..99 (lower runs first), got {priority}")
         exp = self._get(experiment_id)
+        self.journal.set_priority(experiment_id, priority)  # durable before it takes effect
         exp.priority = priority
         self._on_change()
         return exp.summary()
@@ -290,6 +296,7 @@ class SchedulerCore:
                 f"max_slots {max_slots} is below one trial's minimum "
                 f"({exp.config.resources.slots_per_trial.min}): no trial could ever run"
             )
+        self.journal.set_max_slots(experiment_id, max_slots)
         exp.max_slots = max_slots
         self._on_change()
         return exp.summary()

@@ -29,11 +29,9 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
 from resolute.runtime.tracking_batch import (
@@ -44,6 +42,9 @@ from resolute.runtime.tracking_batch import (
     flatten_params,
     mlflow_key,
 )
+
+if TYPE_CHECKING:  # mlflow itself is imported on first use: it takes seconds
+    from mlflow import MlflowClient
 
 __all__ = [
     "EXPERIMENT_RUN_STATUS",
@@ -118,6 +119,8 @@ class Tracker:
             if not self._connected:
                 self._connected = True
                 try:
+                    from mlflow import MlflowClient
+
                     self._client = MlflowClient(self.tracking_uri)
                 except Exception:
                     log.exception(
@@ -136,6 +139,8 @@ class Tracker:
     # --- runs (synchronous: they return ids) -------------------------------------------
 
     def _experiment_id(self, client: MlflowClient) -> str:
+        from mlflow.exceptions import MlflowException
+
         if self.mlflow_experiment_id is None:
             found = client.get_experiment_by_name(self.experiment_name)
             if found is not None:

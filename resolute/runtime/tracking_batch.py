@@ -23,17 +23,20 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+# MLflow's own limits (mlflow.utils.validation; a test checks they still agree). Not imported
+# from there: importing any part of mlflow takes seconds, and the scheduler process imports
+# this module before its first trial starts, so mlflow is imported on the writer thread.
+MAX_ENTITY_KEY_LENGTH = 250
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_TAG_VAL_LENGTH = 8000
 
 # A run id for an op queued before its run existed: the trial's (an int) or, for None, the
 # experiment's parent run.
@@ -76,6 +79,8 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 def _tags(tags: Mapping[str, Any]) -> list[RunTag]:
+    from mlflow.entities import RunTag
+
     return [RunTag(mlflow_key(k), _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
 
 
@@ -213,6 +218,8 @@ class BatchWriter:
         self._writers.clear()
 
     def _write(self, batch: Iterable[_Op]) -> None:
+        from mlflow.entities import Metric, Param
+
         metrics: dict[str, list[Metric]] = {}
         for op in batch:
             op.run_id = self._run_id(op)
