@@ -69,14 +69,23 @@ def one_step(ddp: Any, opt: Any, x: Any, y: Any) -> float:
     return float(loss.detach())
 
 
-def timed(steps: int, warmup: int, run_step: Any) -> float:
-    """Seconds for ``steps - warmup`` steps after ``warmup`` untimed ones."""
+def timed(steps: int, warmup: int, run_step: Any) -> dict[str, float]:
+    """Wall-clock and CPU seconds (this process, all its threads) for ``steps - warmup``
+    steps after ``warmup`` untimed ones, and the torch thread settings they ran with. On a
+    shared machine the CPU time is the steadier measure of the work each mode adds."""
+    import torch
+
     for s in range(warmup):
         run_step(s)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for s in range(warmup, steps):
         run_step(s)
-    return time.perf_counter() - start
+    return {
+        "elapsed_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,
+        "threads": float(torch.get_num_threads()),
+        "interop_threads": float(torch.get_num_interop_threads()),
+    }
 
 
 # -- torchrun worker -------------------------------------------------------------------
@@ -99,9 +108,9 @@ def torchrun_worker(args: argparse.Namespace) -> None:
         x, y = batch(step, rank, args.batch, device)
         one_step(ddp, opt, x, y)
 
-    elapsed = timed(args.steps, args.warmup, run_step)
+    measured = timed(args.steps, args.warmup, run_step)
     if rank == 0:
-        Path(args.out).write_text(json.dumps({"elapsed_s": elapsed, "world_size": world}))
+        Path(args.out).write_text(json.dumps({**measured, "world_size": world}))
     dist.destroy_process_group()
 
 
@@ -117,15 +126,14 @@ def train_bare(ctx: Any) -> None:
         x, y = batch(step, ctx.rank, h["batch"], ctx.device)
         one_step(ddp, opt, x, y)
 
-    elapsed = timed(h["steps"], h["warmup"], run_step)
-    ctx.report(h["steps"], {"elapsed_s": elapsed})
+    ctx.report(h["steps"], timed(h["steps"], h["warmup"], run_step))
 
 
 def train_full(ctx: Any) -> None:
     h = ctx.hparams
     model, opt = build(h["hidden"])
     state = ctx.elastic_state(model=model, optimizer=opt, step=0)
-    result: dict[str, float] = {}
+    result: dict[str, dict[str, float]] = {}
 
     def loop(state: Any) -> None:
         ddp = ctx.prepare_model(state.model)
@@ -138,16 +146,16 @@ def train_full(ctx: Any) -> None:
             ctx.report(state.step, {"loss": loss})
             ctx.should_stop()
 
-        result["elapsed_s"] = timed(h["steps"], h["warmup"], run_step)
+        result["timed"] = timed(h["steps"], h["warmup"], run_step)
 
     state.run(loop)
-    ctx.report(h["steps"] + 1, result)
+    ctx.report(h["steps"] + 1, result["timed"])
 
 
 # -- the driver ------------------------------------------------------------------------
 
 
-def run_torchrun(args: argparse.Namespace) -> float:
+def run_torchrun(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "torchrun.json"
         cmd = [
@@ -163,7 +171,8 @@ def run_torchrun(args: argparse.Namespace) -> float:
             *_loop_args(args),
         ]
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return float(json.loads(out.read_text())["elapsed_s"])
+        measured: dict[str, float] = json.loads(out.read_text())
+        return measured
 
 
 def _loop_args(args: argparse.Namespace) -> list[str]:
@@ -172,7 +181,9 @@ def _loop_args(args: argparse.Namespace) -> list[str]:
     return flags + (["--gpu"] if args.gpu else [])
 
 
-async def run_resolute(args: argparse.Namespace, entrypoint: str, pool: Any, sink: Any) -> float:
+async def run_resolute(
+    args: argparse.Namespace, entrypoint: str, pool: Any, sink: Any
+) -> dict[str, float]:
     from resolute.elastic.group import WorkerGroup
     from resolute.elastic.spec import TrialSpec
 
@@ -206,7 +217,7 @@ async def run_resolute(args: argparse.Namespace, entrypoint: str, pool: Any, sin
         if outcome.status != "completed":
             raise RuntimeError(f"{entrypoint} run failed: {outcome.error}\n{outcome.traceback}")
     reports = await sink.get.remote(trial_id)
-    return float(next(r.metrics["elapsed_s"] for r in reports if "elapsed_s" in r.metrics))
+    return dict(next(r.metrics for r in reports if "elapsed_s" in r.metrics))
 
 
 class _Sink:
@@ -240,55 +251,74 @@ def main() -> None:
 
     from resolute.elastic.pool import WorkerPool
 
+    load_before = os.getloadavg()
     ray.init(include_dashboard=False, num_cpus=args.ranks, num_gpus=args.ranks if args.gpu else 0)
     sink = ray.remote(num_cpus=0)(_Sink).remote()
     pool = WorkerPool()
-    timings: dict[str, list[float]] = {"torchrun": [], "resolute-bare": [], "resolute-full": []}
+    runs: dict[str, list[dict[str, float]]] = {
+        "torchrun": [],
+        "resolute-bare": [],
+        "resolute-full": [],
+    }
 
     async def resolute_runs() -> None:
-        timings["resolute-bare"].append(
+        runs["resolute-bare"].append(
             await run_resolute(args, "ddp_overhead:train_bare", pool, sink)
         )
-        timings["resolute-full"].append(
+        runs["resolute-full"].append(
             await run_resolute(args, "ddp_overhead:train_full", pool, sink)
         )
 
     # Interleave the modes so that a noisy neighbour hurts them alike.
     for _ in range(args.repeats):
-        timings["torchrun"].append(run_torchrun(args))
+        runs["torchrun"].append(run_torchrun(args))
         asyncio.run(resolute_runs())
     asyncio.run(pool.close())
     ray.shutdown()
+    load_after = os.getloadavg()
 
-    samples = (args.steps - args.warmup) * args.batch * args.ranks
-    base = min(timings["torchrun"])
+    timed_steps = args.steps - args.warmup
+    samples = timed_steps * args.batch * args.ranks
+    base = min(r["elapsed_s"] for r in runs["torchrun"])
+    base_cpu = min(r["cpu_s"] for r in runs["torchrun"])
     rows = []
-    for mode, runs in timings.items():
-        best = min(runs)
+    for mode, measured in runs.items():
+        best = min(r["elapsed_s"] for r in measured)
+        best_cpu = min(r["cpu_s"] for r in measured)
         rows.append(
             {
                 "mode": mode,
                 "best_s": best,
-                "runs_s": runs,
+                "runs_s": [r["elapsed_s"] for r in measured],
                 "samples_per_s": samples / best,
                 "overhead_vs_torchrun_pct": 100.0 * (best / base - 1.0),
+                "cpu_ms_per_step": 1000.0 * best_cpu / timed_steps,
+                "cpu_overhead_vs_torchrun_pct": 100.0 * (best_cpu / base_cpu - 1.0),
+                "torch_threads": measured[0]["threads"],
+                "interop_threads": measured[0]["interop_threads"],
             }
         )
+    print(f"\nDDP {args.ranks} ranks, batch {args.batch}/rank, {timed_steps} timed steps")
     print(
-        f"\nDDP {args.ranks} ranks, batch {args.batch}/rank, {args.steps - args.warmup} timed steps"
+        f"{'mode':<16}{'best s':>9}{'samples/s':>12}{'overhead':>10}"
+        f"{'cpu ms/step':>13}{'cpu overhead':>14}{'threads':>9}"
     )
-    print(f"{'mode':<16}{'best s':>9}{'samples/s':>12}{'overhead':>10}")
     for row in rows:
         print(
             f"{row['mode']:<16}{row['best_s']:>9.3f}{row['samples_per_s']:>12.0f}"
-            f"{row['overhead_vs_torchrun_pct']:>9.1f}%"
+            f"{row['overhead_vs_torchrun_pct']:>9.1f}%{row['cpu_ms_per_step']:>13.2f}"
+            f"{row['cpu_overhead_vs_torchrun_pct']:>13.1f}%"
+            f"{row['torch_threads']:>6.0f}/{row['interop_threads']:.0f}"
         )
+    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
     RESULTS.mkdir(exist_ok=True)
     result = {
         "benchmark": "ddp_overhead",
         "config": {k: v for k, v in vars(args).items() if k not in ("torchrun_worker", "out")},
         "device": "gpu" if args.gpu else "cpu",
         "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "results": rows,
     }
     (RESULTS / "ddp_overhead.json").write_text(json.dumps(result, indent=2))

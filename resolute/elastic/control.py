@@ -10,12 +10,17 @@ Lifecycle of one worker in one trial (``WorkerStatus.phase``)::
           interrupted  -> done  (released from the group, or aborted)
 
 Every change bumps ``version``; the group long-polls ``poll(since)`` to learn of it.
+
+``CheckSchedule`` decides at which calls the ranks agree on these decisions (one small
+collective), so that a training loop that asks every step does not pay a collective every
+step.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -201,3 +206,73 @@ class TrialControl:
 
 class Aborted(BaseException):  # noqa: N818 - a control-flow signal, not an error
     """Raised on an interrupted worker when the group gives up re-forming (the trial ends)."""
+
+
+# A check (one tiny collective) may cost up to this share of the training time between checks...
+CHECK_COST_SHARE = 0.005
+# ...but checks are never further apart than this much training, so that a stop or a resize
+# waits at most about this long for the ranks to agree on it.
+MAX_CHECK_GAP_S = 0.1
+MAX_CHECK_GAP_CALLS = 10_000
+
+
+class CheckSchedule:
+    """Which calls of a per-step question (``commit``, ``should_stop``) are checks, where the
+    ranks agree on the answer through a collective; the calls in between answer at once.
+
+    Every rank must check at the same calls, or the collective deadlocks: so no rank decides
+    from its own clock. Rank 0 proposes the gap to the next check (``propose_gap``, from its
+    timing) and broadcasts it with the answer; every rank adopts it (``agreed``). A new world
+    (a new ``generation`` passed to ``due``) checks at its first call, so newcomers and
+    survivors start in step.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._generation: int | None = None
+        self._calls_left = 0  # calls to answer at once before the next check
+        self._calls_since = 0  # calls since the last check ended, this one included
+        self._last_check_end: float | None = None
+        self._last_cost: float | None = None
+        self._check_start = 0.0
+
+    def due(self, generation: int) -> bool:
+        """Count a call; True when this call must be a check."""
+        if generation != self._generation:
+            self._generation = generation
+            self._calls_left = 0
+            self._calls_since = 0
+            self._last_check_end = None
+            self._last_cost = None
+        self._calls_since += 1
+        if self._calls_left > 0:
+            self._calls_left -= 1
+            return False
+        self._check_start = self._clock()
+        return True
+
+    def force(self) -> None:
+        """Make the next call a check (a caller forces on every rank alike)."""
+        self._calls_left = 0
+
+    def propose_gap(self) -> int:
+        """Rank 0, at the start of a check: how many calls to answer at once before the next
+        check, so that a check costs about ``CHECK_COST_SHARE`` of the time between checks,
+        and checks stay within ``MAX_CHECK_GAP_S`` of each other."""
+        if self._last_check_end is None or self._last_cost is None or self._calls_since <= 0:
+            return 0  # no timing yet: check again at the next call
+        per_call = (self._check_start - self._last_check_end) / self._calls_since
+        gap_s = min(MAX_CHECK_GAP_S, self._last_cost / CHECK_COST_SHARE)
+        if per_call <= 0.0:
+            return MAX_CHECK_GAP_CALLS
+        # The epsilon keeps an exact ratio (20 ms / 10 ms) from rounding down to one less.
+        return max(0, min(MAX_CHECK_GAP_CALLS, int(gap_s / per_call + 1e-9) - 1))
+
+    def agreed(self, gap: int) -> None:
+        """Every rank, once the check's collective returned: answer the next ``gap`` calls at
+        once."""
+        end = self._clock()
+        self._last_cost = max(0.0, end - self._check_start)
+        self._last_check_end = end
+        self._calls_since = 0
+        self._calls_left = max(0, int(gap))

@@ -4,22 +4,39 @@ Reports are sent in order, one batch at a time (a batch is sent only after the p
 was accepted), as ``sink.on_reports.remote(trial_id, [Report, ...])``. A report that carries
 the searcher metric at a time at or past the current target is a decision point: it is
 flushed at once and the caller blocks until the group relays the control plane's answer.
+
+``agree_stop`` is ``ctx.should_stop()`` on a worker: the ranks agree on the chief's answer
+through one small collective, but only at the calls a ``CheckSchedule`` picks (every ~0.1 s of
+training at most), and always at the first call after a report that may have been a decision
+point, so a stop decided there takes effect at that very step.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resolute.elastic.control import TrialControl
+from resolute.elastic.control import CheckSchedule, TrialControl
 from resolute.elastic.spec import Report, TrialSpec
+
+if TYPE_CHECKING:
+    from resolute.elastic.subcontexts import DistributedContext
 
 FLUSH_INTERVAL_S = 0.2
 SINK_TIMEOUT_S = 60.0
 MAX_HELD = 100_000
+_INT_LIMIT = 2**62  # targets travel as int64; inf (no target) as this
+
+
+def _target_as_int(target: float) -> int:
+    # Rounded down, so ``step_time >= agreed`` holds whenever ``step_time >= target`` does.
+    if math.isnan(target) or target >= _INT_LIMIT:
+        return _INT_LIMIT
+    return max(-_INT_LIMIT, math.floor(target))
 
 
 class SinkReporter:
@@ -46,6 +63,12 @@ class SinkReporter:
         # reports still in its buffer, the next chief replays them from here.
         self.delivered_step = 0
         self._held: collections.deque[Report] = collections.deque(maxlen=MAX_HELD)
+        # should_stop agreement: the schedule of checks, the chief's target as of the last
+        # check (the same on every rank, unlike each rank's live target), and the
+        # generation in which the ranks agreed to stop.
+        self._stop_checks = CheckSchedule()
+        self._agreed_target = -_INT_LIMIT
+        self._stopped_in: int | None = None
 
     def _ensure_flusher(self) -> None:
         if self._thread is None:
@@ -78,6 +101,7 @@ class SinkReporter:
         t = self.time_of(step, clean)
         self.emit(Report(kind="metrics", step=int(step), time=t, metrics=clean))
         self.last_step = int(step)
+        self._note_decision_point(t, clean)
         if self._spec.metric in clean and t >= self._control.target:
             self.flush()
             self._control.wait_at_target(t)
@@ -89,8 +113,40 @@ class SinkReporter:
         clean = {str(k): float(v) for k, v in metrics.items()}
         t = self.time_of(step, clean)
         self._held.append(Report(kind="metrics", step=int(step), time=t, metrics=clean))
+        self._note_decision_point(t, clean)
         if self._spec.metric in clean and t >= self._control.target:
             self._control.wait_at_target(t)
+
+    def _note_decision_point(self, t: float, metrics: Mapping[str, float]) -> None:
+        # Decided from values every rank shares (the report and the agreed target, which
+        # is never above the chief's live one), so every rank forces the same check.
+        if self._spec.metric in metrics and t >= self._agreed_target:
+            self._stop_checks.force()
+
+    def agree_stop(self, dist: DistributedContext) -> bool:
+        """``ctx.should_stop()``: the chief's stop flag, agreed by every rank at a check;
+        False between checks. Called on every rank, the same number of times."""
+        world = dist.world
+        if world.world_size == 1:
+            return self._control.stop_requested
+        if self._stopped_in == world.generation:
+            return True
+        if not self._stop_checks.due(world.generation):
+            return False
+        if world.rank == 0:
+            proposal = [
+                int(self._control.stop_requested),
+                self._stop_checks.propose_gap(),
+                _target_as_int(self._control.target),
+            ]
+        else:
+            proposal = [0, 0, 0]
+        stop, gap, target = dist.broadcast_ints(proposal)
+        self._stop_checks.agreed(gap)
+        self._agreed_target = target
+        if stop:
+            self._stopped_in = world.generation
+        return bool(stop)
 
     def prune_held(self, delivered_step: int) -> None:
         """Forget held reports the sink has already received (told by the chief)."""

@@ -22,11 +22,16 @@
         state.run(loop)
 
 ``state.commit()`` keeps an in-memory copy of the model, the optimizer, ``step`` and the
-extra fields. When the group's membership changes (``resize``, or a rank dies and a
+extra fields, in CPU buffers reused from one commit to the next (on a GPU: pinned buffers,
+filled by a copy on a side stream that the next ``optimizer.step()`` waits for, so training
+does not stop for it). Between commits, change the parameters and the optimizer state only
+through ``optimizer.step()``. When the group's membership changes (``resize``, or a rank dies and a
 collective fails), every surviving rank leaves ``loop`` (the failing collective raises
 within milliseconds; a planned resize interrupts at the start of the next ``commit``),
 restores its last commit, joins the new process group, and the rank with the newest
 commit broadcasts its state to everyone, newcomers included; then ``loop`` is called again.
+The ranks learn of a planned re-formation at a commit that checks (one small collective):
+not every commit checks, but checks are at most ~0.1 s of training apart.
 So ``loop`` must be re-entrant: build everything that depends on the world (the DDP
 wrapper, loaders, samplers) inside it, and resume from ``state.step``. Work since the last
 commit is redone; committed steps never are. Report right after ``commit``, with no
@@ -47,13 +52,24 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resolute.elastic.control import Reform
+from resolute.elastic.control import CheckSchedule, Reform
+from resolute.elastic.snapshot import SnapshotCopier, clone_tensors
 
 if TYPE_CHECKING:
     from resolute.context import TrialContext
 
 ELASTIC_MARK = "__resolute_elastic_state__"
-_INTERNAL = {"_ctx", "model", "optimizer", "_fields", "_saved", "_commits", "_last_durable"}
+_INTERNAL = {
+    "_ctx",
+    "model",
+    "optimizer",
+    "_fields",
+    "_saved",
+    "_commits",
+    "_last_durable",
+    "_checks",
+    "_copier",
+}
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -91,6 +107,8 @@ class ElasticState:
         object.__setattr__(self, "_saved", None)
         object.__setattr__(self, "_commits", 0)
         object.__setattr__(self, "_last_durable", int(step))
+        object.__setattr__(self, "_checks", CheckSchedule())
+        object.__setattr__(self, "_copier", SnapshotCopier())
 
     # ``state.step``, ``state.epoch``, ... read and write the plain fields.
     def __getattr__(self, name: str) -> Any:
@@ -125,43 +143,81 @@ class ElasticState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The optimizer and the fields keep the tensors they are given (torch's optimizer
+        # does not copy tensors already on the right device): give them their own, so that
+        # training never writes into ``state`` (a commit's buffers, reused by the next one).
         if self.model is not None and state.get("model") is not None:
             self.model.load_state_dict(state["model"])
         if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self._fields = dict(state["fields"])
+            self.optimizer.load_state_dict(clone_tensors(state["optimizer"]))
+        self._fields = dict(clone_tensors(state["fields"]))
         self._commits = int(state.get("commits", 0))
 
+    def _snapshot(self, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """As ``state_dict()``, but into ``previous``'s buffers where they fit."""
+        old = previous or {}
+        copier = self._copier
+        copier.begin(self.optimizer)
+        model = None
+        if self.model is not None:
+            model = copier.copy_module_state(old.get("model"), self.model)
+        optimizer = None
+        if self.optimizer is not None:
+            optimizer = copier.copy(old.get("optimizer"), self.optimizer.state_dict())
+        fields = copier.copy(old.get("fields"), dict(self._fields))
+        copier.end()
+        return {
+            ELASTIC_MARK: True,
+            "model": model,
+            "optimizer": optimizer,
+            "fields": fields,
+            "commits": self._commits,
+        }
+
+    def _settled(self) -> dict[str, Any] | None:
+        """The last commit, once its copies (GPU, asynchronous) have landed."""
+        self._copier.wait()
+        return self._saved
+
     def commit(self) -> None:
-        """Keep the current state as the point to roll back to. Checks first (one small
-        collective) whether the group is about to re-form; if so, every rank leaves the loop
-        here, at the same step, before this step's commit."""
+        """Keep the current state as the point to roll back to. At a check (one small
+        collective, at most ~0.1 s of training apart) it first asks whether the group is
+        about to re-form; if so, every rank leaves the loop here, at the same step, before
+        this step's commit."""
         membership = self._ctx.membership
         if membership is not None:
-            signal = [
-                int(membership.pending_generation() > membership.generation),
-                membership.delivered_step(),
-            ]
-            pending, delivered = self._ctx.distributed.broadcast_ints(signal)
-            membership.prune_replays(delivered)
-            if pending:
-                raise Reform(planned=True)
+            world = self._ctx.distributed.world
+            if world.world_size == 1 or self._checks.due(world.generation):
+                self._check_membership(membership, lead=world.rank == 0)
         self._commits += 1
-        self._saved = self.state_dict()
+        self._saved = self._snapshot(self._saved)
         if membership is not None:
             membership.on_commit(commits=self._commits, step=int(self._fields["step"]))
         period = self._ctx.checkpoint_period
         if period and int(self._fields["step"]) - self._last_durable >= period:
             self.save_checkpoint()
 
+    def _check_membership(self, membership: Any, *, lead: bool) -> None:
+        signal = [
+            int(membership.pending_generation() > membership.generation),
+            membership.delivered_step(),
+            self._checks.propose_gap() if lead else 0,
+        ]
+        pending, delivered, gap = self._ctx.distributed.broadcast_ints(signal)
+        self._checks.agreed(gap)
+        membership.prune_replays(delivered)
+        if pending:
+            raise Reform(planned=True)
+
     def restore(self) -> None:
         """Roll back to the last commit (a no-op before the first)."""
-        if self._saved is not None:
-            self.load_state_dict(self._saved)
+        saved = self._settled()
+        if saved is not None:
+            self.load_state_dict(saved)
 
     def sync(self) -> None:
         """Everyone takes rank 0's last commit (a collective)."""
-        payload = self._saved if self._ctx.rank == 0 else None
+        payload = self._settled() if self._ctx.rank == 0 else None
         payload = self._ctx.distributed.broadcast_object(payload, src=0)
         if self._ctx.rank != 0 and payload is not None:
             self.load_state_dict(payload)
@@ -170,8 +226,9 @@ class ElasticState:
     def save_checkpoint(self) -> str | None:
         """Write the last commit durably (chief only; see ``TrialContext.save_checkpoint``)."""
         self._last_durable = int(self._fields["step"])
+        saved = self._settled()
         uri: str | None = self._ctx.save_checkpoint(
-            self._saved if self._saved is not None else self.state_dict()
+            saved if saved is not None else self.state_dict()
         )
         return uri
 

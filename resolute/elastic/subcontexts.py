@@ -111,6 +111,10 @@ class Reporting(Protocol):
 
     def emit(self, report: Report) -> None: ...
 
+    def agree_stop(self, dist: DistributedContext) -> bool:
+        """``ctx.should_stop()``: whether to stop, the same answer on every rank."""
+        ...
+
     @property
     def stop_requested(self) -> bool: ...
 
@@ -139,6 +143,9 @@ class LocalReporting:
 
     def emit(self, report: Report) -> None:
         self.reports.append(report)
+
+    def agree_stop(self, dist: DistributedContext) -> bool:
+        return bool(dist.broadcast_ints([int(self._stop)])[0])
 
     def request_stop(self, *, pause: bool = False) -> None:
         self._stop = True
