@@ -276,9 +276,12 @@ class TrialContext:
 
     def should_stop(self) -> bool:
         """True when the control plane asked the trial to stop or pause; the code should
-        then save a checkpoint and return. A collective: every rank gets the chief's
-        answer, so all ranks stop at the same step. Call it on every rank."""
-        return bool(self._dist.broadcast_ints([int(self._reporting.stop_requested)])[0])
+        then save a checkpoint and return. Every rank gets the chief's answer, so all ranks
+        stop at the same step: call it on every rank, as often on each. The ranks agree
+        through a small collective at some calls only (at most ~0.1 s of training apart,
+        and right after a report that reached the target), so calling it every step is
+        cheap; a stop asked between two such calls takes effect at the next one."""
+        return self._reporting.agree_stop(self._dist)
 
     @property
     def local_reports(self) -> list[Report]:
