@@ -1,24 +1,31 @@
 """Resize pause: seconds from a cluster change to the first training step at the new size,
-resolute's elastic WorkerGroup vs. Ray Train V2's elastic ``TorchTrainer``
-(``ScalingConfig(num_workers=(min, max))``), same model, same cluster changes, one run.
+resolute's elastic WorkerGroup (torch DDP and Horovod backends) vs. Ray Train V2's elastic
+``TorchTrainer`` (``ScalingConfig(num_workers=(min, max))``), same model, same cluster
+changes, one run.
 
 A ``ray.cluster_utils.Cluster`` with 1-CPU nodes: training starts at 2 ranks on nodes A and
 B; node C joins (grow to 3); node C is removed (shrink to 2). Each step, rank 0 sends
-``(step, world_size, wall time)`` to a recording actor on the head node.
+``(step, world_size, wall time)`` to a recording actor on the head node. Two figures per
+change: from the decision (the resize call, or the node's removal) to the first step at
+the new size, and the pause: from the last step at the old size to the first at the new
+one (a new rank starts and warms while the others still train, so that is not paused).
 
 - resolute: on node join the driver calls ``group.resize(3)`` at once, standing in for the
-  scheduler (so the figure is from the resize call); node removal is noticed by the group
-  itself. Rolls back to the in-memory commit of the previous step. Also measured: a
-  scheduler-initiated shrink (``resize(2)``, giving a slot back), which Ray Train has no
-  call for.
+  scheduler; node removal is noticed by the group itself. Rolls back to the in-memory
+  commit of the previous step. Also measured: scheduler-initiated shrink (``resize(1)``,
+  giving a slot back) and grow back onto that warm worker (``resize(2)``), which Ray Train
+  has no call for. The re-formation's phases (``WorkerGroup.timeline``) are printed as a
+  breakdown of each pause.
 - Ray Train V2: grows when its elastic policy sees the new node (checked every
   ``elastic_resize_monitor_interval_s`` = 1 s here, its most eager useful setting) and
   restarts the whole worker group from the latest checkpoint (every ``CKPT_EVERY`` steps);
   on node loss it restarts with the remaining workers (``FailureConfig(max_failures)``).
 
-Prints a table; writes ``benchmarks/results/resize_pause.json``.
+Prints a table and the breakdowns; writes ``benchmarks/results/resize_pause.json``
+(``resize_pause.<systems>.json`` with ``--only``).
 
-    python benchmarks/resize_pause.py
+    python benchmarks/resize_pause.py                          # all three systems
+    python benchmarks/resize_pause.py --only resolute_horovod  # one (repeatable)
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class StepSink:
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, int, float]] = []
+        self.wrapped: dict[int, float] = {}  # step -> when its loop's DDP wrap ended
+        self.events: list[str] = []  # the group's membership events, for the record
         self.stop = False
 
     def step(self, step: int, world_size: int, wall: float) -> None:
@@ -59,9 +68,18 @@ class StepSink:
         for r in reports:
             if r.kind == "metrics":
                 self.steps.append((r.step, int(r.metrics["world_size"]), r.metrics["wall"]))
+                self.wrapped[r.step] = r.metrics["wrapped"]
+            elif r.kind == "event":
+                self.events.append(f"{time.time():.3f} {r.message}")
 
     def get(self) -> list[tuple[int, int, float]]:
         return list(self.steps)
+
+    def get_events(self) -> list[str]:
+        return list(self.events)
+
+    def wrapped_at(self, step: int) -> float | None:
+        return self.wrapped.get(step)
 
     def set_stop(self) -> None:
         self.stop = True
@@ -96,15 +114,18 @@ def train_step(ddp: Any, opt: Any, step: int, rank: int, batch: int) -> None:
 
 def train_resolute(ctx: Any) -> None:
     model, opt = build(ctx.hparams["hidden"])
+    opt = ctx.prepare_optimizer(opt, model)  # Horovod's DistributedOptimizer; torch: as is
     state = ctx.elastic_state(model=model, optimizer=opt, step=0)
 
     def loop(state: Any) -> None:
         ddp = ctx.prepare_model(state.model)
+        wrapped = time.time()  # the end of the DDP wrap (or Horovod's parameter broadcast)
         while True:
             train_step(ddp, opt, state.step, ctx.rank, ctx.hparams["batch"])
             state.step += 1
             state.commit()
-            ctx.report(state.step, {"world_size": ctx.world_size, "wall": time.time()})
+            metrics = {"world_size": ctx.world_size, "wall": time.time(), "wrapped": wrapped}
+            ctx.report(state.step, metrics)
             if ctx.should_stop():
                 return
 
@@ -180,7 +201,7 @@ def redone(steps: list[tuple[int, int, float]]) -> int:
     return count
 
 
-def wait_steps(sink: Any, pred: Any, timeout: float = 300.0) -> list[tuple[int, int, float]]:
+def wait_steps(sink: Any, pred: Any, timeout: float = 120.0) -> list[tuple[int, int, float]]:
     import ray
 
     deadline = time.time() + timeout
@@ -189,7 +210,8 @@ def wait_steps(sink: Any, pred: Any, timeout: float = 300.0) -> list[tuple[int, 
         if pred(steps):
             return steps
         time.sleep(0.1)
-    raise TimeoutError("the training did not reach the expected state in time")
+    events = "\n".join(ray.get(sink.get_events.remote()))
+    raise TimeoutError(f"the training did not reach the expected state in time; events:\n{events}")
 
 
 def start_cluster() -> tuple[Any, Any, Any]:
@@ -212,7 +234,66 @@ def start_cluster() -> tuple[Any, Any, Any]:
     return cluster, sink, head
 
 
-def measure_resolute(args: argparse.Namespace) -> dict[str, Any]:
+# Phases of a re-formation in the order they happen; see WorkerGroup.timeline.
+PHASES = (
+    ("decided", "group", "resize() called"),
+    ("warmed", "group", "new rank started, imported, prepared"),
+    ("announced", "group", "group announces the new generation"),
+    ("left_loop", "old", "ranks leave the loop at their next commit"),
+    ("torn_down", "old", "old process group destroyed"),
+    ("settled", "group", "group sees every rank out"),
+    ("rendezvous_open", "group", "rank 0's store for the new generation is open"),
+    ("worlds_sent", "group", "new worlds handed out"),
+    ("world_received", "new", "ranks receive their world"),
+    ("group_formed", "new", "new process group formed"),
+    ("state_synced", "new", "chief's last commit broadcast"),
+    ("wrapped", "user", "model wrapped (DDP / Horovod broadcast)"),
+    ("first_commit", "new", "first step committed at the new size"),
+)
+
+
+def breakdown(
+    timeline: dict[int, Any],
+    generation: int,
+    steps: list[tuple[int, int, float]],
+    size: int,
+    sink: Any,
+) -> dict[str, float]:
+    """Each phase of the re-formation into ``generation``, in seconds from the moment the
+    running ranks stopped training (their last step at the old size), the latest rank's
+    time for per-rank phases; ``pause`` is the time to the first step at the new size."""
+    import ray
+
+    new = timeline.get(generation, {"group": {}, "ranks": {}})
+    old = timeline.get(generation - 1, {"group": {}, "ranks": {}})
+    first_new = min(
+        (st for st in steps if st[1] == size and st[2] >= new["group"].get("announced", 0.0)),
+        key=lambda st: st[2],
+        default=None,
+    )
+    if first_new is None:
+        return {}
+    before = [wall for _, ws, wall in steps if ws != size and wall < first_new[2]]
+    if not before:
+        return {}
+    t0 = max(before)
+    out: dict[str, float] = {}
+    for name, where, _ in PHASES:
+        if where == "group":
+            at = new["group"].get(name)
+        elif where == "user":
+            at = ray.get(sink.wrapped_at.remote(first_new[0]))
+        else:
+            source = old if where == "old" else new
+            times = [marks[name] for marks in source["ranks"].values() if name in marks]
+            at = max(times) if times else None
+        if at is not None:
+            out[name] = at - t0
+    out["first_step_reported"] = first_new[2] - t0
+    return out
+
+
+def measure_resolute(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     import ray
 
     from resolute.elastic.group import WorkerGroup
@@ -220,7 +301,7 @@ def measure_resolute(args: argparse.Namespace) -> dict[str, Any]:
     from resolute.elastic.spec import TrialSpec
 
     cluster, sink, _ = start_cluster()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"breakdown": {}}
     with tempfile.TemporaryDirectory() as tmp:
         spec = TrialSpec(
             experiment_id=1,
@@ -235,8 +316,24 @@ def measure_resolute(args: argparse.Namespace) -> dict[str, Any]:
             metric="unused",
             time_metric=None,
             until=float("inf"),
+            backend=backend,
             env_vars={"OMP_NUM_THREADS": "1"},
         )
+
+        async def change(name: str, act: Any, size: int, group: Any) -> None:
+            steps = await sink.get.remote()
+            await asyncio.to_thread(wait_steps, sink, lambda s: len(s) >= len(steps) + 20)
+            t = time.time()
+            await act()
+            steps = await asyncio.to_thread(
+                wait_steps, sink, lambda s: first_at(s, size, t) is not None
+            )
+            result[f"{name}_s"] = first_at(steps, size, t)
+            result[f"{name}_gap_s"] = gap(steps, size, t)
+            parts = breakdown(await group.timeline(), group.generation, steps, size, sink)
+            result["breakdown"][name] = parts
+            around = [st for st in steps if abs(st[2] - t) < 3.0]
+            result.setdefault("steps_around", {})[name] = [t, around]
 
         async def run() -> None:
             pool = WorkerPool()
@@ -245,30 +342,18 @@ def measure_resolute(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(wait_steps, sink, lambda s: len(s) >= args.warm_steps)
             node_c = cluster.add_node(num_cpus=1)
             await asyncio.to_thread(cluster.wait_for_nodes)
-            t_grow = time.time()
-            await group.resize(3)
-            steps = await asyncio.to_thread(
-                wait_steps, sink, lambda s: first_at(s, 3, t_grow) is not None
-            )
-            result["grow_on_node_join_s"] = first_at(steps, 3, t_grow)
-            result["grow_training_gap_s"] = gap(steps, 3, t_grow)
-            await asyncio.to_thread(wait_steps, sink, lambda s: len(s) >= len(steps) + 20)
-            t_shrink = time.time()
-            cluster.remove_node(node_c, allow_graceful=False)
-            steps = await asyncio.to_thread(
-                wait_steps, sink, lambda s: first_at(s, 2, t_shrink) is not None
-            )
-            result["shrink_on_node_loss_s"] = first_at(steps, 2, t_shrink)
-            result["shrink_training_gap_s"] = gap(steps, 2, t_shrink)
-            # A scheduler-initiated shrink (give a slot back) from 2 to 1, for reference.
-            await asyncio.to_thread(wait_steps, sink, lambda s: len(s) >= len(steps) + 20)
-            t_give = time.time()
-            await group.resize(1)
-            steps = await asyncio.to_thread(
-                wait_steps, sink, lambda s: first_at(s, 1, t_give) is not None
-            )
-            result["shrink_by_resize_call_s"] = first_at(steps, 1, t_give)
-            result["shrink_by_resize_call_gap_s"] = gap(steps, 1, t_give)
+            # The driver calls resize(3) as soon as the node is up, standing in for the
+            # scheduler: "grow" runs from the decision to the first step at 3 ranks.
+            await change("grow", lambda: group.resize(3), 3, group)
+
+            async def lose_node() -> None:
+                cluster.remove_node(node_c, allow_graceful=False)
+
+            await change("shrink_on_node_loss", lose_node, 2, group)
+            # A scheduler-initiated shrink (give a slot back) from 2 to 1.
+            await change("shrink_by_resize_call", lambda: group.resize(1), 1, group)
+            # And grow again onto a warm worker (the slot given back): no process start.
+            await change("regrow_warm", lambda: group.resize(2), 2, group)
             group.request_stop(pause=False)
             await group.wait()
             await group.shutdown()
@@ -313,14 +398,14 @@ def measure_ray_train(args: argparse.Namespace) -> dict[str, Any]:
         cluster.wait_for_nodes()
         t_grow = time.time()
         steps = wait_steps(sink, lambda s: first_at(s, 3, t_grow) is not None)
-        result["grow_on_node_join_s"] = first_at(steps, 3, t_grow)
-        result["grow_training_gap_s"] = gap(steps, 3, t_grow)
+        result["grow_s"] = first_at(steps, 3, t_grow)
+        result["grow_gap_s"] = gap(steps, 3, t_grow)
         wait_steps(sink, lambda s: len(s) >= len(steps) + 20)
         t_shrink = time.time()
         cluster.remove_node(node_c, allow_graceful=False)
         steps = wait_steps(sink, lambda s: first_at(s, 2, t_shrink) is not None)
         result["shrink_on_node_loss_s"] = first_at(steps, 2, t_shrink)
-        result["shrink_training_gap_s"] = gap(steps, 2, t_shrink)
+        result["shrink_on_node_loss_gap_s"] = gap(steps, 2, t_shrink)
         ray.get(sink.set_stop.remote())
         thread.join(timeout=120)
         result["steps_redone"] = redone(ray.get(sink.get.remote()))
@@ -331,41 +416,68 @@ def measure_ray_train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+SYSTEMS = ("resolute_torch", "resolute_horovod", "ray_train_v2")
+ROWS = (
+    ("grow_s", "grow: resize() to first step at 3"),
+    ("grow_gap_s", "grow: pause (last step at 2 -> first at 3)"),
+    ("shrink_on_node_loss_s", "node lost: removal to first step at 2"),
+    ("shrink_on_node_loss_gap_s", "node lost: pause"),
+    ("shrink_by_resize_call_s", "shrink: resize() to first step at 1"),
+    ("shrink_by_resize_call_gap_s", "shrink: pause"),
+    ("regrow_warm_s", "regrow (warm worker): resize() to first step"),
+    ("regrow_warm_gap_s", "regrow (warm worker): pause"),
+    ("steps_redone", "steps redone"),
+)
+
+
+def print_table(measured: dict[str, dict[str, Any]]) -> None:
+    systems = [s for s in SYSTEMS if s in measured]
+    print(f"\n{'seconds':<48}" + "".join(f"{s:>14}" for s in systems))
+    for key, label in ROWS:
+        cells = []
+        for system in systems:
+            value = measured[system].get(key, "-")
+            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+        print(f"{label:<48}" + "".join(f"{c:>14}" for c in cells))
+    for system in systems:
+        for change, parts in measured[system].get("breakdown", {}).items():
+            print(f"\n{system} {change}: seconds from the last step at the old size")
+            for name, _, what in PHASES:
+                if name in parts:
+                    print(f"  {parts[name]:+8.3f}  {name:<16} {what}")
+            print(f"  {parts.get('first_step_reported', float('nan')):+8.3f}  first step reported")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--warm-steps", type=int, default=30)
+    parser.add_argument(
+        "--only",
+        choices=SYSTEMS,
+        action="append",
+        help="measure only this system (repeatable); default: all, in one run",
+    )
     args = parser.parse_args()
-    measured = {"resolute": measure_resolute(args), "ray_train_v2": measure_ray_train(args)}
-    print(f"\n{'seconds to first step at new size':<36}{'resolute':>10}{'Ray Train V2':>14}")
-    keys = (
-        "grow_on_node_join_s",
-        "grow_training_gap_s",
-        "shrink_on_node_loss_s",
-        "shrink_training_gap_s",
-        "shrink_by_resize_call_s",
-        "shrink_by_resize_call_gap_s",
-    )
-    for key in keys:
-        cells = []
-        for system in ("resolute", "ray_train_v2"):
-            value = measured[system].get(key)
-            cells.append(f"{value:.2f}" if isinstance(value, float) else "n/a")
-        print(f"{key:<36}{cells[0]:>10}{cells[1]:>14}")
-    print(
-        f"{'steps redone':<36}{measured['resolute']['steps_redone']:>10}"
-        f"{measured['ray_train_v2']['steps_redone']:>14}"
-    )
+    measured: dict[str, dict[str, Any]] = {}
+    for system in args.only or SYSTEMS:
+        if system == "ray_train_v2":
+            measured[system] = measure_ray_train(args)
+        else:
+            measured[system] = measure_resolute(args, system.removeprefix("resolute_"))
+    print_table(measured)
     RESULTS.mkdir(exist_ok=True)
     out = {
         "benchmark": "resize_pause",
         "config": vars(args) | {"ray_train_ckpt_every": CKPT_EVERY, "node_cpus": 1},
         "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "results": measured,
     }
-    (RESULTS / "resize_pause.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'resize_pause.json'}")
+    name = "resize_pause.json" if not args.only else f"resize_pause.{'-'.join(args.only)}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":

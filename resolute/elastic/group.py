@@ -18,21 +18,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from resolute.context import attach_log_file
-from resolute.elastic.control import WorkerStatus
-from resolute.elastic.plan import TrialOutcome, build_worlds, decide_outcome, order_by_node
-from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
-from resolute.elastic.reform import POLL_S, Member, Reformation
+from resolute.elastic.launch import Member
+from resolute.elastic.plan import TrialOutcome, decide_outcome, order_by_node
+from resolute.elastic.pool import Shape, WorkerPool
+from resolute.elastic.reform import Reformation
 from resolute.elastic.spec import Report, TrialSpec
-from resolute.errors import EntrypointError
 
 __all__ = ["TrialOutcome", "WorkerGroup"]
-
-RENDEZVOUS_TIMEOUT_S = 120.0
 
 
 class WorkerGroup(Reformation):
@@ -72,6 +68,7 @@ class WorkerGroup(Reformation):
         self._supervisor: asyncio.Task[None] | None = None
         self._refill: asyncio.Task[None] | None = None
         self._outcome: asyncio.Future[TrialOutcome] | None = None
+        self._marks: dict[int, dict[str, float]] = {}
         self._log = self._open_log()
 
     # -- public API ---------------------------------------------------------------------
@@ -143,8 +140,11 @@ class WorkerGroup(Reformation):
             return False
         if n == self.size:
             self._target = n
+            if self._refill is not None:
+                self._refill.cancel()
             return True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        decided = time.time()
         if n > self.size:
             workers = await self._pool.acquire(
                 shape=self._shape,
@@ -152,14 +152,19 @@ class WorkerGroup(Reformation):
                 reuse=self.spec.reuse_workers,
                 prefer_nodes=[m.worker.node_id for m in self._members],
             )
+            newcomers = [Member(worker=w) for w in workers]
             try:
+                # Everything but joining the process group happens now, while the running
+                # ranks train on: process start, imports, the trial's context.
                 await self._warm(workers)
+                await self._prepare(newcomers)
             except BaseException:
                 await self._pool.release(workers, reuse=self.spec.reuse_workers)
                 raise
-            self._events.put_nowait(("grow", workers, fut, n))
+            marks = {"decided": decided, "warmed": time.time()}
+            self._events.put_nowait(("grow", newcomers, fut, n, marks))
         else:
-            self._events.put_nowait(("shrink", n, fut))
+            self._events.put_nowait(("shrink", n, fut, {"decided": decided}))
         return await fut
 
     async def shutdown(self, *, grace_s: float = 0.0) -> None:
@@ -195,84 +200,7 @@ class WorkerGroup(Reformation):
                 )
             )
 
-    # -- launching ----------------------------------------------------------------------
-
-    def _check_size(self, n: int) -> None:
-        if not self.min_workers <= n <= self.max_workers:
-            raise ValueError(
-                f"trial {self.spec.trial_id}: {n} rank(s) is outside "
-                f"[{self.min_workers}, {self.max_workers}]"
-            )
-
-    async def _warm(self, workers: list[PooledWorker]) -> None:
-        import ray
-
-        try:
-            await asyncio.gather(*(w.handle.warm.remote(self.spec) for w in workers))
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if isinstance(exc.cause, BaseException) else None
-            if isinstance(cause, EntrypointError):
-                raise EntrypointError(str(cause)) from None
-            raise
-
-    def _spec_now(self) -> TrialSpec:
-        return replace(self.spec, until=self._until)
-
-    async def _launch(
-        self, members: list[Member], *, generation: int, survivors: list[Member]
-    ) -> None:
-        """Form ``generation`` with ``members`` (in rank order). Survivors already hold a
-        prepared run and wait for their world; the others get ``prepare`` + ``launch``."""
-        new = [m for m in members if m not in survivors]
-        spec = self._spec_now()
-        provisional = build_worlds(
-            [m.worker.node_id for m in members],
-            generation=generation,
-            rendezvous={},
-            use_gpu=self._shape.gpus > 0,
-            timeout_s=RENDEZVOUS_TIMEOUT_S,
-        )
-        index = {id(m): i for i, m in enumerate(members)}
-        await asyncio.gather(
-            *(
-                m.worker.handle.prepare.remote(spec, provisional[index[id(m)]], self._sink)
-                for m in new
-            )
-        )
-        rendezvous = await members[0].worker.handle.rendezvous_info.remote(
-            world_size=len(members), generation=generation
-        )
-        worlds = [replace(w, rendezvous=rendezvous) for w in provisional]
-        for m in members:
-            world = worlds[index[id(m)]]
-            if m in survivors:
-                m.worker.handle.give_world.remote(world)
-            else:
-                m.worker.handle.launch.remote(world)
-                if self._stop:
-                    m.worker.handle.request_stop.remote(self._pause)
-        self._generation = generation
-
-    # -- watching -----------------------------------------------------------------------
-
-    async def _watch(self, member: Member) -> None:
-        import ray
-
-        since = 0
-        while True:
-            try:
-                status: WorkerStatus = await member.worker.handle.poll.remote(since, POLL_S)
-            except ray.exceptions.ActorUnavailableError:
-                await asyncio.sleep(0.5)  # transient (e.g. a network blip): ask again
-                continue
-            except ray.exceptions.RayActorError as exc:
-                self._events.put_nowait(("lost", member, exc))
-                return
-            if status.version > since:
-                since = status.version
-                self._events.put_nowait(("status", member, status))
-            if status.phase == "done":
-                return
+    # -- supervising ---------------------------------------------------------------------
 
     async def _supervise(self) -> None:
         try:
@@ -347,15 +275,27 @@ class WorkerGroup(Reformation):
                 await self._finish()
             return
         if kind == "grow":
-            _, workers, fut, n = event
+            _, newcomers, fut, n, marks = event
+            if fut is None:
+                # A refill, queued before a shrink may have lowered the target: grow back
+                # to the target as it stands now, not as it stood when the refill began.
+                keep = max(0, self._target - self.size)
+                await self._release_members(newcomers[keep:])
+                newcomers, n = newcomers[:keep], self.size + keep
+                if not newcomers:
+                    return
             self._target = max(self._target, n)
-            ok = await self._reform(add=workers, drop=0, reason=f"grow to {n}")
+            ok = await self._reform(add=newcomers, drop=0, reason=f"grow to {n}", marks=marks)
             if fut is not None and not fut.done():
                 fut.set_result(ok)
         elif kind == "shrink":
-            _, n, fut = event
+            _, n, fut, marks = event
             self._target = n
-            ok = await self._reform(add=[], drop=self.size - n, reason=f"shrink to {n}")
+            if self._refill is not None:
+                self._refill.cancel()  # the ranks it waits for are no longer wanted
+            ok = await self._reform(
+                add=[], drop=self.size - n, reason=f"shrink to {n}", marks=marks
+            )
             if not fut.done():
                 fut.set_result(ok)
 
@@ -404,7 +344,7 @@ class WorkerGroup(Reformation):
             self._deferred.append(self._events.get_nowait())
         for event in self._deferred:
             if event[0] == "grow":
-                await self._pool.release(event[1], reuse=self.spec.reuse_workers)
+                await self._release_members(event[1])
                 if event[2] is not None and not event[2].done():
                     event[2].set_result(False)
             elif event[0] == "shrink" and not event[2].done():

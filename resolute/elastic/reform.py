@@ -9,60 +9,26 @@ the newest commit as rank 0, hand out the new worlds, and refill lost slots late
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from resolute.elastic.control import WorkerStatus
+from resolute.elastic.launch import POLL_S, Launcher, Member, Rendezvous
 from resolute.elastic.plan import order_by_node
-from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
-from resolute.elastic.spec import TrialSpec
+from resolute.elastic.pool import PooledWorker
 from resolute.errors import ResourcesUnavailable
 
-if TYPE_CHECKING:
-    from resolute.elastic.plan import TrialOutcome
-
-POLL_S = 10.0
 STUCK_PROBE_S = 2.0
 
 
-@dataclass(eq=False)
-class Member:
-    """One rank's worker in the group, with what the group last heard from it."""
-
-    worker: PooledWorker
-    status: WorkerStatus = field(default_factory=WorkerStatus)
-    lost: bool = False
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self.lost or self.status.phase in ("interrupted", "done")
-
-    @property
-    def done(self) -> bool:
-        return self.lost or self.status.phase == "done"
-
-
-class Reformation:
+class Reformation(Launcher):
     """Re-formation steps of ``WorkerGroup``; the attributes below are the group's."""
 
-    spec: TrialSpec
-    min_workers: int
     reform_timeout_s: float
-    _pool: WorkerPool
-    _shape: Shape
-    _members: list[Member]
     _leaving: list[Member]
-    _generation: int
     _target: int
     _reformations: int
-    _events: asyncio.Queue[tuple[Any, ...]]
     _deferred: list[tuple[Any, ...]]
     _refill: asyncio.Task[None] | None
-    _outcome: asyncio.Future[TrialOutcome] | None
-    _log: logging.Logger
 
     @property
     def size(self) -> int:
@@ -81,42 +47,45 @@ class Reformation:
     async def _finish(self) -> None:
         raise NotImplementedError
 
-    async def _warm(self, workers: list[PooledWorker]) -> None:
-        raise NotImplementedError
-
-    async def _launch(
-        self, members: list[Member], *, generation: int, survivors: list[Member]
-    ) -> None:
-        raise NotImplementedError
-
-    async def _watch(self, member: Member) -> None:
-        raise NotImplementedError
-
     def _event(self, message: str) -> None:
         raise NotImplementedError
 
     def _num_nodes(self) -> int:
         raise NotImplementedError
 
-    async def _reform(self, *, add: list[PooledWorker], drop: int, reason: str) -> bool:
+    async def _reform(
+        self,
+        *,
+        add: list[Member],
+        drop: int,
+        reason: str,
+        marks: dict[str, float] | None = None,
+        rendezvous: Rendezvous | None = None,
+    ) -> bool:
         """Move every live rank into a new generation: announce it, wait until each one has
-        left the old process group (or finished, or died), then hand out the new worlds."""
+        left the old process group (or finished, or died), then hand out the new worlds.
+        ``add`` are warmed (ideally prepared) newcomers; ``rendezvous`` may be opened
+        ahead for the expected rank 0."""
         generation = self._generation + 1
+        for name, at in (marks or {}).items():
+            self._mark(generation, name, at)
         planned = bool(add) or drop > 0
         live = [m for m in self._members if not m.done]
         for m in live:
             m.worker.handle.announce_reform.remote(generation, planned)
+        self._mark(generation, "announced")
         await self._settle(self._members, unplanned=not planned)
+        self._mark(generation, "settled")
         if any(
             m.status.outcome == "errored" and m.status.error_kind == "user" for m in self._members
         ):
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._release_members(add)
             await self._end_all()
             return False
         interrupted = [m for m in self._members if not m.lost and m.status.phase == "interrupted"]
         if any(m.status.phase == "done" and not m.lost for m in self._members):
             # The run finished on some rank meanwhile: nothing to re-form.
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._release_members(add)
             for m in interrupted:
                 m.worker.handle.release.remote()
             await self._settle(self._members)
@@ -126,28 +95,30 @@ class Reformation:
         dropped = by_rank[len(by_rank) - drop :] if drop > 0 else []
         survivors = [m for m in by_rank if m not in dropped]
         if not survivors:
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._release_members(add)
             await self._end_all()
             return False
         if len(survivors) + len(add) < self.min_workers:
-            add = add + await self._try_acquire(self.min_workers - len(survivors) - len(add))
+            extra = await self._try_acquire(self.min_workers - len(survivors) - len(add))
+            add = add + [Member(worker=w) for w in extra]
         if len(survivors) + len(add) < self.min_workers:
             self._event(f"only {len(survivors)} rank(s) left, below min_workers={self.min_workers}")
-            await self._pool.release(add, reuse=self.spec.reuse_workers)
+            await self._release_members(add)
             await self._end_all()
             return False
         chief = min(survivors, key=lambda m: (-m.status.commits, m.status.rank))
-        newcomers = [Member(worker=w) for w in add]
-        everyone = [chief] + [m for m in survivors if m is not chief] + newcomers
+        everyone = [chief] + [m for m in survivors if m is not chief] + add
         order = order_by_node([m.worker.node_id for m in everyone], first=0)
         members = [everyone[i] for i in order]
         for m in dropped:
             self._leaving.append(m)
             m.worker.handle.release.remote()
         old = self.size
-        await self._launch(members, generation=generation, survivors=survivors)
+        await self._launch(
+            members, generation=generation, survivors=survivors, rendezvous=rendezvous
+        )
         self._members = members
-        for m in newcomers:
+        for m in add:
             m.watcher = asyncio.create_task(self._watch(m))
         self._reformations += 1
         self._event(
@@ -158,6 +129,9 @@ class Reformation:
         if self._target > self.size:
             self._start_refill()
         return True
+
+    async def _release_members(self, members: list[Member]) -> None:
+        await self._pool.release([m.worker for m in members], reuse=self.spec.reuse_workers)
 
     async def _settle(self, members: list[Member], *, unplanned: bool = False) -> None:
         """Consume status events until every member is interrupted, done or lost; a member
@@ -245,8 +219,11 @@ class Reformation:
                     continue
             if not workers:
                 continue
+            marks = {"decided": time.time()}
+            newcomers = [Member(worker=w) for w in workers]
             try:
                 await self._warm(workers)
+                await self._prepare(newcomers)
             except asyncio.CancelledError:
                 await asyncio.shield(self._pool.release(workers, reuse=self.spec.reuse_workers))
                 raise
@@ -256,5 +233,6 @@ class Reformation:
             if self.finished:
                 await self._pool.release(workers, reuse=self.spec.reuse_workers)
                 return
-            self._events.put_nowait(("grow", workers, None, self._target))
+            marks["warmed"] = time.time()
+            self._events.put_nowait(("grow", newcomers, None, self._target, marks))
             return

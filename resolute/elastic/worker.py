@@ -8,6 +8,7 @@ the actor's other threads while user code runs. The process, its imports and its
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import logging
@@ -16,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +62,14 @@ def is_collective_failure(exc: BaseException) -> bool:
     return torch_check(exc)
 
 
+def _import_lazy_torch_modules() -> None:
+    """Import what torch imports on first use: ``torch._dynamo`` is imported by the first
+    optimizer built or (de)serialised (seconds). A rank joining a running group does that
+    after the group has paused for it, so it is done while the worker warms instead."""
+    with contextlib.suppress(ImportError):  # no torch: the user code does not need it either
+        import torch._dynamo  # noqa: F401
+
+
 def open_storage(spec: TrialSpec) -> Any:
     from resolute.runtime.storage import ExperimentStorage
 
@@ -101,6 +111,7 @@ class _Membership:
 
     def on_commit(self, *, commits: int, step: int) -> None:
         self._run.control.note_commit(commits=commits, step=step)
+        self._run.mark_once("first_commit")
 
     def delivered_step(self) -> int:
         return self._run.reporter.delivered_step
@@ -110,6 +121,7 @@ class _Membership:
         self._run.reporter.prune_held(delivered_step)
 
     def replay_after_reform(self, *, up_to_step: int) -> None:
+        self._run.mark_once("state_synced")
         if self._run.dist.world.rank == 0 and not self._was_chief:
             n = self._run.reporter.replay_held(
                 delivered_step=self._delivered, up_to_step=up_to_step
@@ -120,11 +132,15 @@ class _Membership:
 
     def leave_and_rejoin(self, cause: BaseException, *, planned: bool) -> WorldInfo:
         run = self._run
+        run.mark("left_loop")
         self._was_chief = run.dist.world.rank == 0
         run.backend.teardown()
-        # The old process group closes its sockets only when collected; collect now so that
-        # peers blocked on this rank fail sooner (the group kills ranks that stay stuck).
-        gc.collect()
+        if not planned:
+            # The old process group closes its sockets only when collected; collect now so
+            # that peers blocked on this rank fail sooner (the group kills ranks that stay
+            # stuck). After a planned leave nobody is blocked: no pause for a collection.
+            gc.collect()
+        run.mark("torn_down")
         run.control.update(
             phase="interrupted",
             interrupt_kind="planned" if planned else "failure",
@@ -135,8 +151,10 @@ class _Membership:
             world = run.control.wait_for_world(timeout_s=REJOIN_TIMEOUT_S)
         except Aborted:
             raise cause from None
+        run.mark("world_received", generation=world.generation)
         run.backend.setup(world)
         run.dist.set_world(world)
+        run.mark("group_formed")
         run.control.update(
             phase="running", rank=world.rank, generation=world.generation, interrupt_kind=None
         )
@@ -188,6 +206,8 @@ class _TrialRun:
             membership=_Membership(self),
             checkpoint_period=spec.checkpoint_period,
         )
+        self.marks: list[tuple[int, str, float]] = []
+        self._marked: set[tuple[int, str]] = set()
         self.thread = threading.Thread(
             target=self._main, name=f"resolute-trial-{spec.trial_id}", daemon=True
         )
@@ -195,7 +215,9 @@ class _TrialRun:
     def _main(self) -> None:
         outcome, error, kind, tb = "completed", None, None, None
         try:
+            self.mark("thread_started")
             self.backend.setup(self.dist.world)
+            self.mark("group_formed")
             self.control.update(
                 phase="running", rank=self.dist.world.rank, generation=self.dist.world.generation
             )
@@ -221,6 +243,18 @@ class _TrialRun:
                 last_step=self.reporter.last_step,
                 checkpoint_uri=self.checkpoints.latest,
             )
+
+    def mark(self, name: str, *, generation: int | None = None) -> None:
+        """Note when this rank passed ``name`` (wall clock, comparable across nodes) in
+        ``generation`` (default: the current one); ``WorkerGroup.timeline`` gathers them."""
+        gen = self.dist.world.generation if generation is None else generation
+        self.marks.append((gen, name, time.time()))
+
+    def mark_once(self, name: str) -> None:
+        key = (self.dist.world.generation, name)
+        if key not in self._marked:
+            self._marked.add(key)
+            self.marks.append((key[0], name, time.time()))
 
     def close(self) -> None:
         self.log.removeHandler(self._log_handler)
@@ -262,10 +296,18 @@ class TrialWorker:
         """Import the entrypoint (failing fast with ``EntrypointError``) and run the module's
         optional ``warmup(cache, hparams)`` hook, before this worker joins a group."""
         fn, module = load_entrypoint(spec.entrypoint, spec.context_dir)
-        make_backend(spec.backend)  # imports torch / horovod now, not after the group pauses
+        backend = make_backend(spec.backend)  # imports torch now, not after the group pauses
+        preload = getattr(backend, "preload", None)
+        if callable(preload):
+            preload()
+        _import_lazy_torch_modules()
         hook = getattr(module, "warmup", None)
         if callable(hook):
             hook(self._cache, dict(spec.hparams))
+        # Imports are done: keep what survives out of every later collection, so that a
+        # collection during a re-formation (or user code's) scans the trial's objects only.
+        gc.collect()
+        gc.freeze()
 
     def rendezvous_info(self, *, world_size: int, generation: int) -> dict[str, Any]:
         run = self._require_run()
@@ -321,6 +363,10 @@ class TrialWorker:
     def abort(self) -> None:
         if self._run is not None:
             self._run.control.abort()
+
+    def marks(self) -> list[tuple[int, str, float]]:
+        """``(generation, name, wall time)`` of the re-formation phases this rank passed."""
+        return list(self._run.marks) if self._run is not None else []
 
     def stack(self) -> str:
         """The Python stack of the thread running user code (to see where it is stuck)."""

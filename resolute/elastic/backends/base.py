@@ -5,6 +5,9 @@ resize) by calling, on rank 0 first, ``rendezvous_info`` to get what the other r
 meet (address, port, ...), then ``setup`` on every rank with that info. On a membership
 change every surviving rank calls ``teardown`` and then ``setup`` again with the new
 world; new ranks only call ``setup``.
+
+A backend may also define ``preload()``: the worker calls it while it warms, before it joins
+a group, to import what ``setup`` would otherwise import while the group waits for it.
 """
 
 from __future__ import annotations

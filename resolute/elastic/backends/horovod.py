@@ -127,6 +127,11 @@ class HorovodBackend:
 
     # --- forming and leaving the world ------------------------------------------------------
 
+    def preload(self) -> None:
+        """Import Horovod's compiled library now (the worker is warming), not in the first
+        ``setup``, which a rank joining a running group reaches while the group is paused."""
+        _import_hvd()
+
     def rendezvous_info(self, *, world_size: int, generation: int) -> dict[str, Any]:
         if world_size < 1:
             raise HorovodError(f"world_size must be at least 1, got {world_size}")

@@ -106,7 +106,9 @@ class KVClient:
                     f"nodes can reach each other on that port, or raise the group timeout"
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            # The server cannot long-poll; ranks of a re-formation arrive within tens of ms
+            # of each other, so a short cap keeps the wait close to the last arrival.
+            delay = min(delay * 2, 0.02)
 
 
 def gather_layout(world: WorldInfo, kv: KVClient) -> tuple[int, int]:

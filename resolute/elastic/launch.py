@@ -1,0 +1,224 @@
+"""How a ``WorkerGroup`` puts ranks to work: warm new workers, prepare their trial run,
+open the rendezvous on rank 0, hand every rank its world, and watch each one's status.
+
+A mixin of ``WorkerGroup`` (``group.py``), under ``Reformation`` (``reform.py``). Everything
+a rank needs before it can join a generation (its process, imports, the trial's context,
+the rendezvous store) is made ready here while the running ranks still train, so that a
+re-formation pauses them only for leaving the old process group and joining the new one.
+
+Every phase is timestamped (wall clock, comparable across nodes): the group's own steps
+here, each rank's in the worker (``TrialWorker.marks``); ``timeline`` joins them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from resolute.elastic.backends.base import WorldInfo
+from resolute.elastic.control import WorkerStatus
+from resolute.elastic.plan import build_worlds
+from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
+from resolute.elastic.spec import TrialSpec
+from resolute.errors import EntrypointError
+
+if TYPE_CHECKING:
+    from resolute.elastic.plan import TrialOutcome
+
+POLL_S = 10.0
+RENDEZVOUS_TIMEOUT_S = 120.0
+
+
+@dataclass(eq=False)
+class Member:
+    """One rank's worker in the group, with what the group last heard from it."""
+
+    worker: PooledWorker
+    status: WorkerStatus = field(default_factory=WorkerStatus)
+    lost: bool = False
+    prepared: bool = False  # its trial run is built (``TrialWorker.prepare``)
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.lost or self.status.phase in ("interrupted", "done")
+
+    @property
+    def done(self) -> bool:
+        return self.lost or self.status.phase == "done"
+
+
+@dataclass
+class Rendezvous:
+    """A rendezvous opened on ``host`` for ``generation`` of ``world_size`` ranks."""
+
+    host: Member
+    generation: int
+    world_size: int
+    info: dict[str, Any]
+
+
+class Launcher:
+    """Launch and rendezvous steps of ``WorkerGroup``; the attributes below are the group's."""
+
+    spec: TrialSpec
+    min_workers: int
+    max_workers: int
+    _pool: WorkerPool
+    _shape: Shape
+    _sink: Any
+    _members: list[Member]
+    _generation: int
+    _until: float
+    _stop: bool
+    _pause: bool
+    _events: asyncio.Queue[tuple[Any, ...]]
+    _outcome: asyncio.Future[TrialOutcome] | None
+    _marks: dict[int, dict[str, float]]
+    _log: logging.Logger
+
+    def _check_size(self, n: int) -> None:
+        if not self.min_workers <= n <= self.max_workers:
+            raise ValueError(
+                f"trial {self.spec.trial_id}: {n} rank(s) is outside "
+                f"[{self.min_workers}, {self.max_workers}]"
+            )
+
+    def _mark(self, generation: int, name: str, at: float | None = None) -> None:
+        self._marks.setdefault(generation, {})[name] = time.time() if at is None else at
+
+    async def _warm(self, workers: list[PooledWorker]) -> None:
+        import ray
+
+        try:
+            await asyncio.gather(*(w.handle.warm.remote(self.spec) for w in workers))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            if isinstance(cause, EntrypointError):
+                raise EntrypointError(str(cause)) from None
+            raise
+
+    def _spec_now(self) -> TrialSpec:
+        return replace(self.spec, until=self._until)
+
+    async def _prepare(self, members: list[Member]) -> None:
+        """Build the trial's run (context, log, backend object) on members that have none,
+        without starting user code: the world they get later only sets their rank."""
+        todo = [m for m in members if not m.prepared]
+        if not todo:
+            return
+        spec = self._spec_now()
+        provisional = build_worlds(
+            [m.worker.node_id for m in todo],
+            generation=self._generation,
+            rendezvous={},
+            use_gpu=self._shape.gpus > 0,
+            timeout_s=RENDEZVOUS_TIMEOUT_S,
+        )
+        await asyncio.gather(
+            *(
+                m.worker.handle.prepare.remote(spec, world, self._sink)
+                for m, world in zip(todo, provisional, strict=True)
+            )
+        )
+        for m in todo:
+            m.prepared = True
+
+    async def _open_rendezvous(
+        self, host: Member, *, world_size: int, generation: int
+    ) -> Rendezvous:
+        """Have ``host`` (the next rank 0, prepared) open the store the next generation meets
+        at; the store stays open while the current generation trains on."""
+        info = await host.worker.handle.rendezvous_info.remote(
+            world_size=world_size, generation=generation
+        )
+        return Rendezvous(host=host, generation=generation, world_size=world_size, info=info)
+
+    async def _launch(
+        self,
+        members: list[Member],
+        *,
+        generation: int,
+        survivors: list[Member],
+        rendezvous: Rendezvous | None = None,
+    ) -> None:
+        """Form ``generation`` with ``members`` (in rank order). Survivors already hold a
+        prepared run and wait for their world; the others are prepared if need be and
+        launched. ``rendezvous``, opened ahead of time, is used when it fits."""
+        await self._prepare([m for m in members if m not in survivors])
+        fits = (
+            rendezvous is not None
+            and rendezvous.host is members[0]
+            and rendezvous.generation == generation
+            and rendezvous.world_size == len(members)
+        )
+        if not fits:
+            rendezvous = await self._open_rendezvous(
+                members[0], world_size=len(members), generation=generation
+            )
+        assert rendezvous is not None
+        self._mark(generation, "rendezvous_open")
+        worlds = build_worlds(
+            [m.worker.node_id for m in members],
+            generation=generation,
+            rendezvous=rendezvous.info,
+            use_gpu=self._shape.gpus > 0,
+            timeout_s=RENDEZVOUS_TIMEOUT_S,
+        )
+        for m, world in zip(members, worlds, strict=True):
+            self._hand_out(m, world, survivor=m in survivors)
+        self._generation = generation
+        self._mark(generation, "worlds_sent")
+
+    def _hand_out(self, member: Member, world: WorldInfo, *, survivor: bool) -> None:
+        if survivor:
+            member.worker.handle.give_world.remote(world)
+            return
+        member.worker.handle.launch.remote(world)
+        if self._stop:
+            member.worker.handle.request_stop.remote(self._pause)
+
+    async def _watch(self, member: Member) -> None:
+        import ray
+
+        since = 0
+        while True:
+            try:
+                status: WorkerStatus = await member.worker.handle.poll.remote(since, POLL_S)
+            except ray.exceptions.ActorUnavailableError:
+                await asyncio.sleep(0.5)  # transient (e.g. a network blip): ask again
+                continue
+            except ray.exceptions.RayActorError as exc:
+                self._events.put_nowait(("lost", member, exc))
+                return
+            if status.version > since:
+                since = status.version
+                self._events.put_nowait(("status", member, status))
+            if status.phase == "done":
+                return
+
+    async def timeline(self) -> dict[int, dict[str, Any]]:
+        """When each phase of each generation happened (wall clock, seconds since the
+        epoch): ``{generation: {"group": {phase: t}, "ranks": {pid: {phase: t}}}}``. The
+        group's phases: ``decided`` (resize called), ``warmed`` (new ranks ready),
+        ``announced``, ``settled`` (every rank left the old group), ``rendezvous_open``,
+        ``worlds_sent``. A rank's: ``left_loop``, ``torn_down`` (old generation),
+        ``world_received``, ``group_formed``, ``state_synced``, ``first_commit``; a new
+        rank's ``thread_started``. Ranks that have left the group are not asked."""
+        out: dict[int, dict[str, Any]] = {
+            g: {"group": dict(marks), "ranks": {}} for g, marks in self._marks.items()
+        }
+        members = [m for m in self._members if not m.lost]
+        answers = await asyncio.gather(
+            *(m.worker.handle.marks.remote() for m in members), return_exceptions=True
+        )
+        for m, marks in zip(members, answers, strict=True):
+            if isinstance(marks, BaseException):
+                continue  # gone meanwhile: the others' phases still tell the story
+            for generation, name, at in marks:
+                entry = out.setdefault(generation, {"group": {}, "ranks": {}})
+                entry["ranks"].setdefault(m.worker.pid, {})[name] = at
+        return out
