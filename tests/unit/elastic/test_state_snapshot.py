@@ -159,3 +159,34 @@ def test_a_checkpoint_holds_the_commit(tmp_path: Path, device: str) -> None:
     assert saved["fields"]["step"] == 1
     for key, value in at_commit["model"].items():
         torch.testing.assert_close(saved["model"][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_gpu_work_queued_behind_a_commit_waits_for_its_copies(
+    tmp_path: Path, with_optimizer: bool
+) -> None:
+    # Large enough that the device-to-host copies are still running when the next step is
+    # queued: the step must not change the parameters under them.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4096, 4096).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctx = TrialContext.local({}, checkpoint_dir=tmp_path / "ckpt")
+    state = ctx.elastic_state(model=model, optimizer=optimizer if with_optimizer else None)
+    x = torch.randn(256, 4096, device="cuda")
+    for _ in range(3):
+        model(x).square().mean().backward()
+        optimizer.step()
+        state.commit()
+        expected = model.weight.detach().clone()  # queued after the commit's copies
+        if with_optimizer:
+            for _ in range(5):
+                model(x).square().mean().backward()
+                optimizer.step()
+        else:
+            with torch.no_grad():
+                model.weight.mul_(1.5)
+        saved = state._settled()
+        assert saved is not None
+        torch.testing.assert_close(saved["model"]["weight"], expected.cpu(), rtol=0, atol=0)
+        assert saved["model"]["weight"].is_pinned()
