@@ -279,10 +279,13 @@ class WorkerPool:
             return True
         if interrupt is not None and interrupt.is_set():
             return False
-        # Idle workers of other shapes hold slots; give them up before waiting long.
+        # Idle workers of other shapes hold slots; give them up before waiting long. Only
+        # when the free resources cannot hold the group: on a busy machine placing a group
+        # may take longer than the first wait, and killing warm workers then wins nothing.
         others = [s for s in self._idle if s != shape and self._idle[s]]
-        for other in others:
-            await self.trim(keep=0, shape=other)
+        if others and not await asyncio.to_thread(_free_resources_hold, pg.bundle_specs):
+            for other in others:
+                await self.trim(keep=0, shape=other)
         return await _ready_or(pg, max(0.0, timeout - first), interrupt)
 
     # -- giving back --------------------------------------------------------------------
@@ -360,6 +363,18 @@ class WorkerPool:
                 # A placement group on a lost node is gone already.
                 with contextlib.suppress(Exception):
                     remove_placement_group(pg)
+
+
+def _free_resources_hold(bundles: Sequence[dict[str, float]]) -> bool:
+    """Whether the cluster's unreserved resources cover ``bundles`` (in all, not per node:
+    a PACK group may spread over nodes)."""
+    import ray
+
+    need: Counter[str] = Counter()
+    for bundle in bundles:
+        need.update(bundle)
+    free = ray.available_resources()  # type: ignore[no-untyped-call]
+    return all(free.get(k, 0.0) >= v - 1e-9 for k, v in need.items())
 
 
 def _is_runtime_env_failure(exc: BaseException) -> bool:

@@ -32,7 +32,8 @@ class ReportHandling:
         metric = self.config.searcher.metric
         events: list[Event] = []
         at_target: set[int] = set()
-        best_before = self.best_trial, self.best_trial.best if self.best_trial else None
+        before = self.best_trial
+        best_before = (before.trial_id, before.best) if before else None
         for rep in reports:
             if rep.kind == "metrics" and not tr.first_time(rep.step, rep.metrics):
                 continue  # a survivor's replay of what the lost chief already sent
@@ -70,7 +71,7 @@ class ReportHandling:
             fields |= {"best_metric": tr.best, "best_step": tr.best_step}
         self.journal.update_trial(tr.trial_id, **fields)
         best = self.best_trial
-        if best is not None and (best, best.best) != best_before:
+        if best is not None and (best.trial_id, best.best) != best_before:
             self.journal.update_experiment(
                 self.id, best_trial_id=best.trial_id, best_metric=best.best
             )
