@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from resolute.context import attach_log_file
 from resolute.elastic.launch import Member
 from resolute.elastic.plan import TrialOutcome, decide_outcome, order_by_node
 from resolute.elastic.pool import Shape, WorkerPool
 from resolute.elastic.reform import Reformation
-from resolute.elastic.spec import Report, TrialSpec
+from resolute.elastic.spec import TrialSpec
 
 __all__ = ["TrialOutcome", "WorkerGroup"]
 
@@ -362,39 +359,3 @@ class WorkerGroup(Reformation):
 
     def _pool_forget(self, member: Member) -> None:
         asyncio.create_task(self._pool.discard([member.worker]))
-
-    # -- events and log -----------------------------------------------------------------
-
-    def _num_nodes(self) -> int:
-        return len({m.worker.node_id for m in self._members})
-
-    def _open_log(self) -> logging.Logger:
-        log = logging.getLogger(f"resolute.group.{self.spec.trial_id}")
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        try:
-            from resolute.runtime.storage import ExperimentStorage
-
-            storage = ExperimentStorage(
-                root=self.spec.storage_root, experiment_id=self.spec.experiment_id
-            )
-            attach_log_file(
-                log,
-                Path(storage.trial_log_path(self.spec.trial_id)),
-                fmt="%(asctime)s group %(levelname)s %(message)s",
-            )
-        except Exception:  # noqa: BLE001 - events still reach the sink without a log file
-            logging.getLogger(__name__).exception("cannot open the trial log")
-        return log
-
-    def _close_log(self) -> None:
-        for handler in list(self._log.handlers):
-            self._log.removeHandler(handler)
-            handler.close()
-
-    def _event(self, message: str) -> None:
-        self._log.info("%s", message)
-        step = self._last_step or 0
-        report = Report(kind="event", step=step, time=float(step), message=message)
-        with contextlib.suppress(Exception):
-            self._sink.on_reports.remote(self.spec.trial_id, [report])

@@ -7,22 +7,26 @@ the rendezvous store) is made ready here while the running ranks still train, so
 re-formation pauses them only for leaving the old process group and joining the new one.
 
 Every phase is timestamped (wall clock, comparable across nodes): the group's own steps
-here, each rank's in the worker (``TrialWorker.marks``); ``timeline`` joins them.
+here, each rank's in the worker (``TrialWorker.marks``); ``timeline`` joins them. The
+group's membership events go to the trial log and, as ``Report(kind="event")``, the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resolute.context import attach_log_file
 from resolute.elastic.backends.base import WorldInfo
 from resolute.elastic.control import WorkerStatus
 from resolute.elastic.plan import build_worlds
 from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
-from resolute.elastic.spec import TrialSpec
+from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import EntrypointError
 
 if TYPE_CHECKING:
@@ -78,6 +82,7 @@ class Launcher:
     _events: asyncio.Queue[tuple[Any, ...]]
     _outcome: asyncio.Future[TrialOutcome] | None
     _marks: dict[int, dict[str, float]]
+    _last_step: int | None
     _log: logging.Logger
 
     def _check_size(self, n: int) -> None:
@@ -177,7 +182,7 @@ class Launcher:
         if survivor:
             member.worker.handle.give_world.remote(world)
             return
-        member.worker.handle.launch.remote(world)
+        member.worker.handle.launch.remote(world, self._until)
         if self._stop:
             member.worker.handle.request_stop.remote(self._pause)
 
@@ -222,3 +227,39 @@ class Launcher:
                 entry = out.setdefault(generation, {"group": {}, "ranks": {}})
                 entry["ranks"].setdefault(m.worker.pid, {})[name] = at
         return out
+
+    # -- the group's record: events to the sink and the trial log -------------------------
+
+    def _num_nodes(self) -> int:
+        return len({m.worker.node_id for m in self._members})
+
+    def _open_log(self) -> logging.Logger:
+        log = logging.getLogger(f"resolute.group.{self.spec.trial_id}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        try:
+            from resolute.runtime.storage import ExperimentStorage
+
+            storage = ExperimentStorage(
+                root=self.spec.storage_root, experiment_id=self.spec.experiment_id
+            )
+            attach_log_file(
+                log,
+                Path(storage.trial_log_path(self.spec.trial_id)),
+                fmt="%(asctime)s group %(levelname)s %(message)s",
+            )
+        except Exception:  # noqa: BLE001 - events still reach the sink without a log file
+            logging.getLogger(__name__).exception("cannot open the trial log")
+        return log
+
+    def _close_log(self) -> None:
+        for handler in list(self._log.handlers):
+            self._log.removeHandler(handler)
+            handler.close()
+
+    def _event(self, message: str) -> None:
+        self._log.info("%s", message)
+        step = self._last_step or 0
+        report = Report(kind="event", step=step, time=float(step), message=message)
+        with contextlib.suppress(Exception):
+            self._sink.on_reports.remote(self.spec.trial_id, [report])

@@ -47,12 +47,6 @@ class Reformation(Launcher):
     async def _finish(self) -> None:
         raise NotImplementedError
 
-    def _event(self, message: str) -> None:
-        raise NotImplementedError
-
-    def _num_nodes(self) -> int:
-        raise NotImplementedError
-
     async def _reform(
         self,
         *,
