@@ -163,7 +163,7 @@ class ElasticState:
             model = copier.copy_module_state(old.get("model"), self.model)
         optimizer = None
         if self.optimizer is not None:
-            optimizer = copier.copy(old.get("optimizer"), self.optimizer.state_dict())
+            optimizer = copier.copy(old.get("optimizer"), self.optimizer.state_dict(), defer=True)
         fields = copier.copy(old.get("fields"), dict(self._fields))
         copier.end()
         return {
