@@ -235,6 +235,7 @@ class CheckSchedule:
         self._last_check_end: float | None = None
         self._last_cost: float | None = None
         self._check_start = 0.0
+        self.checks = 0  # checks agreed so far
 
     def due(self, generation: int) -> bool:
         """Count a call; True when this call must be a check."""
@@ -272,6 +273,7 @@ class CheckSchedule:
         """Every rank, once the check's collective returned: answer the next ``gap`` calls at
         once."""
         end = self._clock()
+        self.checks += 1
         self._last_cost = max(0.0, end - self._check_start)
         self._last_check_end = end
         self._calls_since = 0
