@@ -7,11 +7,15 @@ NCCL when ``--gpu``):
 - ``resolute-bare``: the same loop as a resolute trial (a WorkerGroup of N warm worker
   actors), calling only ``ctx.prepare_model`` — the platform's cost outside the loop;
 - ``resolute-full``: as used in practice: ``ctx.report`` and ``ctx.should_stop()`` every
-  step (one extra small collective per step) and an elastic ``state.commit()`` every step
-  (another small collective and an in-memory copy of the model).
+  step and an elastic ``state.commit()`` every step (an in-memory copy of the model and the
+  optimizer state; the ranks agree on stop and re-formation in a small collective at
+  checks that rank 0 spaces ~0.5% of the step time apart, at most 0.1 s).
 
-Throughput is measured on rank 0 over the steps after a warm-up, in samples/s (all ranks).
-Prints a table and writes ``benchmarks/results/ddp_overhead.json``.
+Throughput is measured on rank 0 over the steps after a warm-up, in samples/s (all ranks),
+with rank 0's CPU time per step (its process, all threads: on a shared machine the steadier
+measure of the work a mode adds) and torch's intra-/inter-op thread counts, which must match
+across modes for a like-for-like comparison. Prints a table and the load average, and
+writes ``benchmarks/results/ddp_overhead.json``.
 
     python benchmarks/ddp_overhead.py --ranks 2 --steps 300
 """

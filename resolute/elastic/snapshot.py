@@ -186,7 +186,7 @@ class SnapshotCopier:
             # Copies went on the current stream too (buffers): the event covers them.
             side.wait_stream(torch.cuda.current_stream())
             if self._done is None:
-                self._done = torch.cuda.Event()
+                self._done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self._done.record(side)
             self._gpu_in_flight = True
 
@@ -243,7 +243,7 @@ class SnapshotCopier:
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._side is None:
-            self._side = torch.cuda.Stream()
+            self._side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         return self._side
 
     def _start_side(self, device: torch.device) -> torch.cuda.Stream:

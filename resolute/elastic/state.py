@@ -22,10 +22,12 @@
         state.run(loop)
 
 ``state.commit()`` keeps an in-memory copy of the model, the optimizer, ``step`` and the
-extra fields, in CPU buffers reused from one commit to the next (on a GPU: pinned buffers,
-filled by a copy on a side stream that the next ``optimizer.step()`` waits for, so training
-does not stop for it). Between commits, change the parameters and the optimizer state only
-through ``optimizer.step()``. When the group's membership changes (``resize``, or a rank dies and a
+extra fields, in CPU buffers reused from one commit to the next; the parameters and the
+optimizer state are copied while the next step's forward and backward run (a background
+thread on CPU, a side stream into pinned buffers on a GPU), and that step's
+``optimizer.step()`` waits for the copy (see ``resolute.elastic.snapshot``). So between a
+commit and the next ``optimizer.step()``, do not change parameters or optimizer state in
+place by other means. When the group's membership changes (``resize``, or a rank dies and a
 collective fails), every surviving rank leaves ``loop`` (the failing collective raises
 within milliseconds; a planned resize interrupts at the start of the next ``commit``),
 restores its last commit, joins the new process group, and the rank with the newest
@@ -91,6 +93,8 @@ def _unwrap(model: Any) -> Any:
 
 
 class ElasticState:
+    _saved: dict[str, Any] | None
+
     def __init__(
         self,
         *,
@@ -175,7 +179,8 @@ class ElasticState:
         }
 
     def _settled(self) -> dict[str, Any] | None:
-        """The last commit, once its copies (GPU, asynchronous) have landed."""
+        """The last commit, once its deferred copies (background thread, GPU side stream)
+        are complete."""
         self._copier.wait()
         return self._saved
 
