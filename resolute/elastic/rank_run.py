@@ -28,7 +28,7 @@ from resolute.context import (
     apply_seed,
     attach_log_file,
 )
-from resolute.elastic.backends.base import Backend, WorldInfo
+from resolute.elastic.backends.base import Backend, WorldInfo, is_collective_failure
 from resolute.elastic.control import Aborted, Released, TrialControl
 from resolute.elastic.reporter import SinkReporter
 from resolute.elastic.spec import TrialSpec
@@ -48,12 +48,6 @@ def make_backend(name: str) -> Backend:
 
         return horovod.HorovodBackend()
     raise EntrypointError(f"unknown backend {name!r}; use 'torch' or 'horovod'")
-
-
-def is_collective_failure(exc: BaseException) -> bool:
-    from resolute.elastic.backends.torch import is_collective_failure as torch_check
-
-    return torch_check(exc)
 
 
 def open_storage(spec: TrialSpec) -> Any:

@@ -60,3 +60,13 @@ class Backend(Protocol):
     def broadcast_object(self, obj: Any, *, src: int = 0) -> Any: ...
 
     def barrier(self) -> None: ...
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True when ``exc`` says a collective failed because a peer left, on either backend
+    (gloo/NCCL errors of torch.distributed, ``HorovodInternalError``): the group may
+    re-form. False for anything else, which is the user's code failing."""
+    from resolute.elastic.backends import horovod
+    from resolute.elastic.backends.torch import is_collective_failure as torch_failure
+
+    return torch_failure(exc) or horovod.is_collective_failure(exc)
