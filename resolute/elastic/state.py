@@ -242,7 +242,7 @@ class ElasticState:
     def run(self, fn: Callable[[ElasticState], Any]) -> Any:
         """Call ``fn(self)`` and, whenever the group re-forms, restore the last commit and
         call it again in the new world; returns what ``fn`` finally returns."""
-        from resolute.elastic.backends.torch import is_collective_failure
+        from resolute.elastic.backends.base import is_collective_failure
 
         ckpt = self._ctx.load_checkpoint()
         if isinstance(ckpt, dict) and ckpt.get(ELASTIC_MARK):
