@@ -134,9 +134,13 @@ class Reformation(Launcher):
         After an unplanned loss, a rank can stay blocked in a collective with a peer that
         has already left (gloo closes a departed peer's sockets only once its process
         group is freed), and no collective of the old generation can complete any more.
-        Such ranks are found by their stack and killed at once; the refill replaces them."""
+        Such ranks are found by their stack and killed at once; the refill replaces them.
+        Horovod's ranks are left alone: its Gloo timeout wakes them (a collective fails once
+        a peer stays silent that long), and killing one that is about to wake would lose
+        a healthy rank."""
         deadline = time.monotonic() + self.reform_timeout_s
         next_probe = time.monotonic() + STUCK_PROBE_S
+        unplanned = unplanned and self.spec.backend != "horovod"
         while not all(m.settled for m in members):
             now = time.monotonic()
             if now >= deadline:
