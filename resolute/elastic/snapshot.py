@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 18  # pieces a background copy and the step's thread can share
+CHUNK_ELEMENTS = 1 << 16  # pieces a background copy and the step's thread can share: small,
+# so that the step rarely waits on a piece the low-priority thread was preempted in
 
 
 def clone_tensors(obj: Any) -> Any:

@@ -167,7 +167,14 @@ class ElasticState:
             model = copier.copy_module_state(old.get("model"), self.model)
         optimizer = None
         if self.optimizer is not None:
-            optimizer = copier.copy(old.get("optimizer"), self.optimizer.state_dict(), defer=True)
+            # Only the per-parameter state waits for the next step: an LR scheduler may
+            # change the groups (a tensor ``lr`` in place) before that step.
+            current = self.optimizer.state_dict()
+            previous = old.get("optimizer") or {}
+            optimizer = {
+                key: copier.copy(previous.get(key), value, defer=key == "state")
+                for key, value in current.items()
+            }
         fields = copier.copy(old.get("fields"), dict(self._fields))
         copier.end()
         return {
