@@ -20,6 +20,7 @@ from resolute.runtime.trial_run import FailedOutcome, TrialRun
 from resolute.search.base import ExitReason, StopReason
 
 if TYPE_CHECKING:
+    from resolute.elastic.pool import Shape
     from resolute.runtime.experiment import ExperimentRun
 
 log = logging.getLogger("resolute.scheduler")
@@ -100,6 +101,14 @@ class TrialRunning:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def worker_shape(self: ExperimentRun) -> Shape:
+        """What one worker of this experiment's trials is (resources, runtime_env)."""
+        from resolute.elastic.pool import Shape
+
+        return Shape.for_spec(
+            self._spec(TrialRun(searcher_id=0, trial_id=0, hparams={}, seed=0, until=0))
+        )
 
     def _spec(self: ExperimentRun, tr: TrialRun) -> TrialSpec:
         cfg = self.config

@@ -30,6 +30,7 @@ from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
 from resolute.runtime.package import hold_package
 from resolute.runtime.policy import TrialDemand, fits_ever
+from resolute.runtime.prewarm import Prewarm
 from resolute.runtime.searcher_actor import SearcherActor
 from resolute.runtime.storage import ExperimentStorage, default_tracking_uri
 from resolute.runtime.tracking import Tracker
@@ -72,6 +73,7 @@ class SchedulerCore:
 
         self.journal = Journal(journal_url)
         self.pool = WorkerPool()
+        self.prewarm = Prewarm(self.pool)
         self.view = ClusterView(max_pending_bundles=max(autoscale_cap, 1))
         self.cluster = self.view if autoscale else None
         self._self = self_handle
@@ -210,6 +212,8 @@ class SchedulerCore:
             next_seq=lambda: next(self._seq),
         )
         self.experiments[exp_id] = exp
+        # Its first trials' workers start while its searcher actor starts.
+        self.prewarm.start(exp)
         # The uploader's pin on the code package expires in minutes; trials may start hours
         # later (queued, paused): a detached holder keeps it until the experiment ends.
         hold_package(exp_id, config)
@@ -227,9 +231,11 @@ class SchedulerCore:
 
     async def _start_group(self, spec: TrialSpec, n: int, max_workers: int) -> Any:
         from resolute.elastic.group import WorkerGroup
+        from resolute.elastic.pool import Shape
 
         exp = self.experiments[spec.experiment_id]
         self.trial_owner[spec.trial_id] = exp
+        await self.prewarm.wait(Shape.for_spec(spec))
         group = WorkerGroup(
             spec=spec,
             sink=self._self,
@@ -332,6 +338,11 @@ class SchedulerCore:
                 if not e.finished.is_set() or e.status == ExperimentStatus.PAUSED
             ],
             "pending_requests": self.cluster.pending() if self.cluster is not None else [],
+            "workers": {
+                "created": self.pool.created,
+                "reused": self.pool.reused,
+                "idle": self.pool.idle_count(),
+            },
         }
 
     async def shutdown(self) -> None:
