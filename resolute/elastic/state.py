@@ -22,12 +22,8 @@
         state.run(loop)
 
 ``state.commit()`` keeps an in-memory copy of the model, the optimizer, ``step`` and the
-extra fields, in CPU buffers reused from one commit to the next; the parameters and the
-optimizer state are copied while the next step's forward and backward run (a background
-thread on CPU, a side stream into pinned buffers on a GPU), and that step's
-``optimizer.step()`` waits for the copy (see ``resolute.elastic.snapshot``). So between a
-commit and the next ``optimizer.step()``, do not change parameters or optimizer state in
-place by other means. When the group's membership changes (``resize``, or a rank dies and a
+extra fields, in CPU buffers reused from one commit to the next (on a GPU: pinned, filled
+asynchronously; see ``resolute.elastic.snapshot``). When the group's membership changes (``resize``, or a rank dies and a
 collective fails), every surviving rank leaves ``loop`` (the failing collective raises
 within milliseconds; a planned resize interrupts at the start of the next ``commit``),
 restores its last commit, joins the new process group, and the rank with the newest
@@ -161,20 +157,13 @@ class ElasticState:
         """As ``state_dict()``, but into ``previous``'s buffers where they fit."""
         old = previous or {}
         copier = self._copier
-        copier.begin(self.optimizer)
+        copier.begin()
         model = None
         if self.model is not None:
-            model = copier.copy_module_state(old.get("model"), self.model)
+            model = copier.copy(old.get("model"), self.model.state_dict())
         optimizer = None
         if self.optimizer is not None:
-            # Only the per-parameter state waits for the next step: an LR scheduler may
-            # change the groups (a tensor ``lr`` in place) before that step.
-            current = self.optimizer.state_dict()
-            previous = old.get("optimizer") or {}
-            optimizer = {
-                key: copier.copy(previous.get(key), value, defer=key == "state")
-                for key, value in current.items()
-            }
+            optimizer = copier.copy(old.get("optimizer"), self.optimizer.state_dict())
         fields = copier.copy(old.get("fields"), dict(self._fields))
         copier.end()
         return {
@@ -186,8 +175,7 @@ class ElasticState:
         }
 
     def _settled(self) -> dict[str, Any] | None:
-        """The last commit, once its deferred copies (background thread, GPU side stream)
-        are complete."""
+        """The last commit, once its copies (asynchronous on a GPU) have landed."""
         self._copier.wait()
         return self._saved
 
