@@ -81,6 +81,12 @@ class Prewarm:
 
         try:
             shape = exp.worker_shape()
+            if shape.runtime_env is not None:
+                # Workers started with an uploaded package's working_dir ahead of the trials
+                # and handed to them from the pool failed warm() with their working
+                # directory gone (tests/integration/test_multi_experiment.py); until that is
+                # understood, only code imported from a shared disk is warmed ahead.
+                return
             task = start_prewarm(
                 self._pool,
                 shape,

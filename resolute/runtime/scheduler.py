@@ -212,11 +212,12 @@ class SchedulerCore:
             next_seq=lambda: next(self._seq),
         )
         self.experiments[exp_id] = exp
-        # Its first trials' workers start while its searcher actor starts.
-        self.prewarm.start(exp)
         # The uploader's pin on the code package expires in minutes; trials may start hours
         # later (queued, paused): a detached holder keeps it until the experiment ends.
         hold_package(exp_id, config)
+        # Its first trials' workers start while its searcher actor starts (after the hold:
+        # they unpack the package).
+        self.prewarm.start(exp)
         await exp.begin()
         return exp_id
 
