@@ -38,7 +38,9 @@ def _target_as_int(target: float) -> int:
     # Rounded down, so ``step_time >= agreed`` holds whenever ``step_time >= target`` does.
     if math.isnan(target) or target >= _INT_LIMIT:
         return _INT_LIMIT
-    return max(-_INT_LIMIT, math.floor(target))
+    if target <= -_INT_LIMIT:
+        return -_INT_LIMIT
+    return math.floor(target)
 
 
 class SinkReporter:

@@ -113,3 +113,13 @@ def test_the_gap_never_exceeds_its_cap() -> None:
     schedule.agreed(0)
     assert schedule.due(0)  # zero time per call: the cap applies
     assert schedule.propose_gap() == MAX_CHECK_GAP_CALLS
+
+
+def test_targets_travel_as_ints_rounded_down() -> None:
+    from resolute.elastic.reporter import _target_as_int
+
+    assert _target_as_int(3.0) == 3
+    assert _target_as_int(3.7) == 3  # rounded down: a check forced too often, never too rarely
+    assert _target_as_int(float("inf")) == 2**62
+    assert _target_as_int(float("nan")) == 2**62
+    assert _target_as_int(float("-inf")) == -(2**62)
