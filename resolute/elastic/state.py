@@ -179,6 +179,14 @@ class ElasticState:
         self._copier.wait()
         return self._saved
 
+    def _settled_on_host(self) -> dict[str, Any] | None:
+        """The last commit in host memory: what goes to disk or to other ranks (a snapshot
+        kept on the GPU is copied out here, which only a checkpoint or a re-form pays)."""
+        saved = self._settled()
+        if saved is not None and self._copier.on_device:
+            return dict(_cpu_copy(saved))
+        return saved
+
     def commit(self) -> None:
         """Keep the current state as the point to roll back to. At a check (one small
         collective, at most ~0.1 s of training apart) it first asks whether the group is
@@ -217,7 +225,7 @@ class ElasticState:
 
     def sync(self) -> None:
         """Everyone takes rank 0's last commit (a collective)."""
-        payload = self._settled() if self._ctx.rank == 0 else None
+        payload = self._settled_on_host() if self._ctx.rank == 0 else None
         payload = self._ctx.distributed.broadcast_object(payload, src=0)
         if self._ctx.rank != 0 and payload is not None:
             self.load_state_dict(payload)
@@ -226,7 +234,7 @@ class ElasticState:
     def save_checkpoint(self) -> str | None:
         """Write the last commit durably (chief only; see ``TrialContext.save_checkpoint``)."""
         self._last_durable = int(self._fields["step"])
-        saved = self._settled()
+        saved = self._settled_on_host()
         uri: str | None = self._ctx.save_checkpoint(
             saved if saved is not None else self.state_dict()
         )

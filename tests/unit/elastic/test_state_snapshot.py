@@ -1,10 +1,11 @@
 """ElasticState commits: copies into reused buffers, never aliased with live training state.
 
-Runs on CPU here; the same checks run on a GPU (pinned buffers, side-stream copies) when
-one is present."""
+Runs on CPU here; the same checks run on a GPU when one is present, with the snapshot kept
+on the GPU ("cuda", the default where it fits) and in pinned host memory ("cuda:host")."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,23 @@ import pytest
 import torch
 
 from resolute.context import TrialContext
+from resolute.elastic.snapshot import SNAPSHOT_ENV, SnapshotCopier
 from resolute.elastic.state import ElasticState
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + (["cuda", "cuda:host"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _snapshot_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SNAPSHOT_ENV, raising=False)
 
 
 def make(
     tmp_path: Path, device: str, opt: str = "sgd"
 ) -> tuple[ElasticState, torch.nn.Module, torch.optim.Optimizer]:
+    if device == "cuda:host":
+        os.environ[SNAPSHOT_ENV] = "host"  # the fixture above removes it after the test
+    device = device.split(":")[0]
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
@@ -103,7 +113,19 @@ def test_commits_reuse_their_buffers(tmp_path: Path, device: str) -> None:
     assert [s["momentum_buffer"].data_ptr() for s in second["optimizer"]["state"].values()] == (
         momentum
     )
-    assert all(v.device.type == "cpu" for v in second["model"].values())
+    # Where the snapshot lives: host memory for CPU training or when asked; the GPU otherwise.
+    expected = "cuda" if device == "cuda" else "cpu"
+    assert all(v.device.type == expected for v in second["model"].values())
+    if device == "cuda:host":
+        assert all(v.is_pinned() for v in second["model"].values())
+
+
+def test_a_bad_snapshot_mode_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SNAPSHOT_ENV, "gpu")
+    with pytest.raises(ValueError, match="auto, device, host"):
+        SnapshotCopier()
+    monkeypatch.setenv(SNAPSHOT_ENV, "HOST")
+    assert SnapshotCopier().mode == "host"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -163,11 +185,13 @@ def test_a_checkpoint_holds_the_commit(tmp_path: Path, device: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("with_optimizer", [True, False])
+@pytest.mark.parametrize("mode", ["host", "device"])
 def test_gpu_work_queued_behind_a_commit_waits_for_its_copies(
-    tmp_path: Path, with_optimizer: bool
+    tmp_path: Path, with_optimizer: bool, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Large enough that the device-to-host copies are still running when the next step is
-    # queued: the step must not change the parameters under them.
+    # Large enough that the copies are still running when the next step is queued: the
+    # step must not change the parameters under them.
+    monkeypatch.setenv(SNAPSHOT_ENV, mode)
     torch.manual_seed(0)
     model = torch.nn.Linear(4096, 4096).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -188,5 +212,6 @@ def test_gpu_work_queued_behind_a_commit_waits_for_its_copies(
                 model.weight.mul_(1.5)
         saved = state._settled()
         assert saved is not None
-        torch.testing.assert_close(saved["model"]["weight"], expected.cpu(), rtol=0, atol=0)
-        assert saved["model"]["weight"].is_pinned()
+        weight = saved["model"]["weight"]
+        torch.testing.assert_close(weight.cpu(), expected.cpu(), rtol=0, atol=0)
+        assert weight.is_cuda if mode == "device" else weight.is_pinned()
