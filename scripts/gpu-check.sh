@@ -3,6 +3,7 @@
 #   - NVML statistics (nvidia-ml-py) read for the machine and inside a Ray GPU actor;
 #   - a resolute worker group on GPU slots: the torch backend forms an NCCL process group
 #     and trains on the slot's GPU;
+#   - elastic snapshots on the GPU and in pinned host memory;
 #   - DDP throughput inside resolute vs. plain torchrun on the GPU.
 # Usage: scripts/gpu-check.sh [results-dir]   (from the repository root, resolute importable)
 set -uo pipefail
@@ -19,9 +20,10 @@ PY
 
 export RAY_TMPDIR=${RAY_TMPDIR:-$(mktemp -d /tmp/resolute-gpu-XXXX)}
 python3 -m pytest -q -rs -p no:cacheprovider \
-    tests/unit/elastic/test_gpu_stats.py tests/integration/elastic/test_gpu.py \
+    tests/unit/elastic/test_gpu_stats.py tests/unit/elastic/test_state_snapshot.py \
+    tests/integration/elastic/test_gpu.py \
     2>&1 | tee "$out/gpu-tests.log" || status=1
 
-python3 benchmarks/ddp_overhead.py --gpu --ranks 1 --steps 400 --warmup 50 --hidden 4096 --batch 512 \
+python3 benchmarks/ddp_overhead.py --gpu --ranks 1 --steps 400 --warmup 50 --hidden 4096 --batch 512 --repeats 2 \
     2>&1 | tee "$out/gpu-ddp-overhead.log" || status=1
 exit $status
