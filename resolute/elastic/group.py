@@ -25,6 +25,10 @@ from resolute.elastic.pool import Shape, WorkerPool
 from resolute.elastic.reform import Reformation
 from resolute.elastic.spec import TrialSpec
 
+# How long a resize waits for ranks that just joined to re-enter the elastic loop (their
+# import and restore after a re-formation) before it answers that it cannot resize.
+ELASTIC_WAIT_S = 30.0
+
 __all__ = ["TrialOutcome", "WorkerGroup"]
 
 
@@ -95,9 +99,9 @@ class WorkerGroup(Reformation):
             order = order_by_node([w.node_id for w in workers])
             self._members = [Member(worker=workers[i]) for i in order]
             await self._launch(self._members, generation=0, survivors=[])
-        except BaseException:
+        except BaseException as exc:
             self._outcome = None
-            await self._pool.release(workers, reuse=self.spec.reuse_workers)
+            await self._give_back(workers, exc)
             raise
         for m in self._members:
             m.watcher = asyncio.create_task(self._watch(m))
@@ -134,7 +138,12 @@ class WorkerGroup(Reformation):
         if self.finished or self._supervisor is None:
             return False
         if not all(m.status.elastic for m in self._members):
-            return False
+            # A rank that joined in the last re-formation may not have re-entered the
+            # elastic loop yet; the trial is elastic if any rank is, so wait for it.
+            if not any(m.status.elastic for m in self._members):
+                return False
+            if not await self._all_elastic(timeout_s=ELASTIC_WAIT_S):
+                return False
         if n == self.size:
             self._target = n
             if self._refill is not None:
@@ -155,14 +164,22 @@ class WorkerGroup(Reformation):
                 # ranks train on: process start, imports, the trial's context.
                 await self._warm(workers)
                 await self._prepare(newcomers)
-            except BaseException:
-                await self._pool.release(workers, reuse=self.spec.reuse_workers)
+            except BaseException as exc:
+                await self._give_back(workers, exc)
                 raise
             marks = {"decided": decided, "warmed": time.time()}
             self._events.put_nowait(("grow", newcomers, fut, n, marks))
         else:
             self._events.put_nowait(("shrink", n, fut, {"decided": decided}))
         return await fut
+
+    async def _all_elastic(self, *, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not all(m.status.elastic for m in self._members):
+            if self.finished or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def shutdown(self, *, grace_s: float = 0.0) -> None:
         """End the run: with ``grace_s`` > 0, ask user code to stop and wait that long; then

@@ -106,6 +106,14 @@ class Launcher:
                 raise EntrypointError(str(cause)) from None
             raise
 
+    async def _give_back(self, workers: list[PooledWorker], failure: BaseException) -> None:
+        """Return workers a start or grow could not use. Kept warm only when the fault is
+        not theirs (the user's entrypoint, a cancellation): a worker whose own warm-up
+        failed (e.g. its runtime_env working_dir was deleted under it) must not be handed
+        to the next trial to fail again."""
+        theirs = not isinstance(failure, (EntrypointError, asyncio.CancelledError))
+        await self._pool.release(workers, reuse=self.spec.reuse_workers and not theirs)
+
     def _spec_now(self) -> TrialSpec:
         return replace(self.spec, until=self._until)
 

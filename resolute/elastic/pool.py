@@ -94,6 +94,7 @@ class WorkerPool:
         self._pgs: dict[int, Any] = {}
         self._pg_live: Counter[int] = Counter()
         self._serial = itertools.count(1)
+        self._live: dict[int, PooledWorker] = {}  # every worker started and not yet killed
         self.created = 0
         self.reused = 0
         # Set whenever slots come back (a worker goes idle or is killed): an acquire waiting
@@ -255,6 +256,8 @@ class WorkerPool:
                     serial=next(self._serial),
                 )
             )
+        for worker in workers:
+            self._live[worker.serial] = worker
         if failed is not None:
             await self.discard(workers)
             if _is_runtime_env_failure(failed):
@@ -337,16 +340,21 @@ class WorkerPool:
             self._kill(worker)
 
     async def close(self) -> None:
+        """End every worker this pool started, idle or still lent to a trial (a trial that
+        was not shut down must not keep its slots after the pool is gone)."""
         await self.trim(keep=0)
+        for worker in list(self._live.values()):
+            self._kill(worker)
 
     def _kill(self, worker: PooledWorker) -> None:
         for ws in self._idle.values():
             if worker in ws:
                 ws.remove(worker)
-        self._kill_handle(worker.handle, worker.pg_key)
+        self._forget(worker)
 
     def _forget(self, worker: PooledWorker) -> None:
-        self._kill_handle(worker.handle, worker.pg_key)
+        if self._live.pop(worker.serial, None) is not None:
+            self._kill_handle(worker.handle, worker.pg_key)
 
     def _kill_handle(self, handle: Any, pg_key: int) -> None:
         import ray

@@ -23,7 +23,9 @@ def conn(ray_local, tmp_path):
     scheduler = Scheduler.options(namespace=NAMESPACE).remote(
         f"sqlite:///{tmp_path / 'resolute.db'}"
     )
-    yield client.Connection(scheduler=scheduler, embedded=False, address=None)
+    # Embedded: the workers share this disk, so no package is uploaded; workers started with
+    # an uploaded package are not started ahead (see resolute/runtime/prewarm.py).
+    yield client.Connection(scheduler=scheduler, embedded=True, address=None)
     ray.get(scheduler.shutdown.remote(), timeout=120)
     ray.kill(scheduler)
 
