@@ -68,6 +68,12 @@ async def _reached(sink: Any, trial_id: int, n: int) -> bool:
     return len(await _metrics(sink, trial_id)) >= n
 
 
+async def _at_size(sink: Any, trial_id: int, size: int) -> int:
+    """Steps reported at world size ``size`` (reports are flushed every second, so steps
+    from before a resize keep arriving after it: count by size, not by total)."""
+    return sum(int(r.metrics["world_size"]) == size for r in await _metrics(sink, trial_id))
+
+
 def test_grow_onto_a_new_node_then_shrink_when_a_node_is_removed(cluster, make_spec, tmp_path):
     worker_node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -97,13 +103,20 @@ def test_grow_onto_a_new_node_then_shrink_when_a_node_is_removed(cluster, make_s
         cluster.wait_for_nodes()
         assert await group.resize(3) is True
         nodes_grown = {m.worker.node_id for m in group._members}
-        n = len(await _metrics(sink, spec.trial_id))
-        await wait_for(lambda: _reached(sink, spec.trial_id, n + 10))
+
+        async def grown_steps() -> bool:
+            return await _at_size(sink, spec.trial_id, 3) >= 10
+
+        await wait_for(grown_steps)
 
         cluster.remove_node(worker_node, allow_graceful=False)
         await wait_for(lambda: group.generation >= 2 and group.size == 2, timeout_s=120)
-        n = len(await _metrics(sink, spec.trial_id))
-        await wait_for(lambda: _reached(sink, spec.trial_id, n + 10))
+        at_two = await _at_size(sink, spec.trial_id, 2)
+
+        async def shrunk_steps() -> bool:
+            return await _at_size(sink, spec.trial_id, 2) >= at_two + 10
+
+        await wait_for(shrunk_steps)
         group.request_stop(pause=False)
         outcome = await asyncio.wait_for(group.wait(), 120)
         await group.shutdown()
