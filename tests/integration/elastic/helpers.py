@@ -59,3 +59,15 @@ def first_deliveries(reports: list[Report]) -> tuple[list[Report], int]:
             continue
         kept.append(r)
     return kept, len(reports) - len(kept)
+
+
+async def steps_at_size(sink: Any, trial_id: int, size: int) -> int:
+    """Steps the sink holds that ran at world size ``size``. Count by size, not by total:
+    ranks flush reports every second, so steps from before a resize arrive after it."""
+    reports = await sink.get.remote(trial_id, "metrics")
+    return sum(int(r.metrics["world_size"]) == size for r in reports)
+
+
+async def reached_at_size(sink: Any, trial_id: int, size: int, n: int) -> bool:
+    """At least ``n`` steps ran at world size ``size``."""
+    return await steps_at_size(sink, trial_id, size) >= n

@@ -15,7 +15,14 @@ import ray
 from resolute.elastic.group import WorkerGroup
 from resolute.elastic.pool import WorkerPool
 
-from .helpers import RecordingSink, first_deliveries, trial_log, wait_for
+from .helpers import (
+    RecordingSink,
+    first_deliveries,
+    reached_at_size,
+    steps_at_size,
+    trial_log,
+    wait_for,
+)
 from .test_elastic import assert_close_to_reference
 
 pytestmark = pytest.mark.integration
@@ -68,12 +75,6 @@ async def _reached(sink: Any, trial_id: int, n: int) -> bool:
     return len(await _metrics(sink, trial_id)) >= n
 
 
-async def _at_size(sink: Any, trial_id: int, size: int) -> int:
-    """Steps reported at world size ``size`` (reports are flushed every second, so steps
-    from before a resize keep arriving after it: count by size, not by total)."""
-    return sum(int(r.metrics["world_size"]) == size for r in await _metrics(sink, trial_id))
-
-
 def test_grow_onto_a_new_node_then_shrink_when_a_node_is_removed(cluster, make_spec, tmp_path):
     worker_node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -103,20 +104,12 @@ def test_grow_onto_a_new_node_then_shrink_when_a_node_is_removed(cluster, make_s
         cluster.wait_for_nodes()
         assert await group.resize(3) is True
         nodes_grown = {m.worker.node_id for m in group._members}
-
-        async def grown_steps() -> bool:
-            return await _at_size(sink, spec.trial_id, 3) >= 10
-
-        await wait_for(grown_steps)
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 3, 10))
 
         cluster.remove_node(worker_node, allow_graceful=False)
         await wait_for(lambda: group.generation >= 2 and group.size == 2, timeout_s=120)
-        at_two = await _at_size(sink, spec.trial_id, 2)
-
-        async def shrunk_steps() -> bool:
-            return await _at_size(sink, spec.trial_id, 2) >= at_two + 10
-
-        await wait_for(shrunk_steps)
+        at_two = await steps_at_size(sink, spec.trial_id, 2)
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 2, at_two + 10))
         group.request_stop(pause=False)
         outcome = await asyncio.wait_for(group.wait(), 120)
         await group.shutdown()

@@ -19,7 +19,7 @@ import torch
 from resolute.context import TrialContext
 from resolute.elastic.group import WorkerGroup
 
-from .helpers import first_deliveries, trial_log, wait_for
+from .helpers import first_deliveries, reached_at_size, trial_log, wait_for
 from .userfns import fns
 
 pytestmark = pytest.mark.integration
@@ -51,13 +51,6 @@ async def _metrics(sink: Any, trial_id: int) -> list[Any]:
 
 async def _reached(sink: Any, trial_id: int, n: int) -> bool:
     return len(await _metrics(sink, trial_id)) >= n
-
-
-async def _reached_at_size(sink: Any, trial_id: int, size: int, n: int) -> bool:
-    """``n`` steps reported at world size ``size``. Counting reports alone is not enough:
-    ranks flush reports every second, so steps from before a resize keep arriving after it."""
-    reports = await _metrics(sink, trial_id)
-    return sum(int(r.metrics["world_size"]) == size for r in reports) >= n
 
 
 def test_a_killed_rank_is_replaced_and_the_run_finishes_without_a_restart(
@@ -119,10 +112,10 @@ def test_grow_and_shrink_in_place_keep_every_step_once(sink, make_spec, pool_fac
         assert await group.resize(3) is True
         assert group.size == 3
         pids_grown = set(group.worker_pids)
-        await wait_for(lambda: _reached_at_size(sink, spec.trial_id, 3, 10))
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 3, 10))
         assert await group.resize(1) is True
         assert group.size == 1
-        await wait_for(lambda: _reached_at_size(sink, spec.trial_id, 1, 10))
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 1, 10))
         group.request_stop(pause=False)
         outcome = await asyncio.wait_for(group.wait(), 120)
         await group.shutdown()

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from resolute.context import TrialContext  # noqa: E402
 from resolute.elastic.group import WorkerGroup  # noqa: E402
 
-from .helpers import wait_for  # noqa: E402
+from .helpers import reached_at_size, wait_for  # noqa: E402
 from .horovod_userfns import hvd_fns  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.horovod]
@@ -50,13 +50,6 @@ async def _metrics(sink: Any, trial_id: int) -> list[Any]:
 
 async def _reached(sink: Any, trial_id: int, n: int) -> bool:
     return len(await _metrics(sink, trial_id)) >= n
-
-
-async def _reached_at_size(sink: Any, trial_id: int, size: int, n: int) -> bool:
-    """``n`` steps reported at world size ``size``. Counting reports alone is not enough:
-    ranks flush reports every second, so steps from before a resize keep arriving after it."""
-    reports = await _metrics(sink, trial_id)
-    return sum(int(r.metrics["world_size"]) == size for r in reports) >= n
 
 
 def test_horovod_group_grows_and_shrinks_in_place_and_matches_one_process(
@@ -86,10 +79,10 @@ def test_horovod_group_grows_and_shrinks_in_place_and_matches_one_process(
         assert await resize(group, 3) is True
         assert group.size == 3
         pids_grown = set(group.worker_pids)
-        await wait_for(lambda: _reached_at_size(sink, spec.trial_id, 3, 8), timeout_s=120)
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 3, 8), timeout_s=120)
         assert await resize(group, 1) is True
         assert group.size == 1
-        await wait_for(lambda: _reached_at_size(sink, spec.trial_id, 1, 8), timeout_s=120)
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 1, 8), timeout_s=120)
         group.request_stop(pause=False)
         outcome = await asyncio.wait_for(group.wait(), 120)
         await group.shutdown()

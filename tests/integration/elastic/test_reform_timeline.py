@@ -10,7 +10,7 @@ import pytest
 
 from resolute.elastic.group import WorkerGroup
 
-from .helpers import wait_for
+from .helpers import reached_at_size, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,6 @@ NEWCOMER_PHASES = ("thread_started", "group_formed", "state_synced", "first_comm
 
 async def _count(sink: Any, trial_id: int) -> int:
     return len(await sink.get.remote(trial_id, "metrics"))
-
-
-async def _steps_at(sink: Any, trial_id: int, size: int, n: int) -> bool:
-    """More than ``n`` steps reported at world size ``size`` (reports are flushed every
-    second: steps from before a resize keep arriving after it)."""
-    reports = await sink.get.remote(trial_id, "metrics")
-    return sum(int(r.metrics["world_size"]) == size for r in reports) > n
 
 
 def _in_order(marks: dict[str, float], names: tuple[str, ...]) -> None:
@@ -49,11 +42,11 @@ def test_grow_and_shrink_record_each_phase_in_order(sink, make_spec, pool_factor
         await wait_for(lambda: _count(sink, spec.trial_id))
         before = set(group.worker_pids)
         assert await group.resize(3) is True
-        await wait_for(lambda: _steps_at(sink, spec.trial_id, 3, 3))
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 3, 4))
         grown_to, after_grow = group.generation, await group.timeline()
         grown = set(group.worker_pids)
         assert await group.resize(1) is True
-        await wait_for(lambda: _steps_at(sink, spec.trial_id, 1, 3))
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 1, 4))
         shrunk_to, after_shrink = group.generation, await group.timeline()
         group.request_stop(pause=False)
         await asyncio.wait_for(group.wait(), 120)
