@@ -168,20 +168,14 @@ class ExperimentRun(ReportHandling, TrialRunning):
         # Created on the tracker's thread: an MLflow run costs tens of milliseconds, and a
         # trial created here usually takes a slot that is free right now.
         self.tracker.start_trial_later(
-            trial_id, action.hparams, tags, on_started=self._run_id_recorder(trial_id)
+            trial_id,
+            action.hparams,
+            tags,
+            on_started=run_id_recorder(self.journal.update_trial, trial_id, what="trial"),
         )
         self.trials[action.trial_id] = tr
         self.by_global[trial_id] = tr
         self._enqueue(tr)
-
-    def _run_id_recorder(self, trial_id: int) -> Callable[[str], None]:
-        def record(run_id: str) -> None:
-            try:
-                self.journal.update_trial(trial_id, mlflow_run_id=run_id)
-            except Exception:  # the tracker's thread: log, never raise into it
-                log.exception("trial %s: could not journal its MLflow run id", trial_id)
-
-        return record
 
     def _continue(self, tr: TrialRun, until: float) -> None:
         tr.until = until
@@ -343,3 +337,18 @@ class ExperimentRun(ReportHandling, TrialRunning):
         )
         self.tracker.flush()
         self.finished.set()
+
+
+def run_id_recorder(
+    update: Callable[..., None], record_id: int, *, what: str
+) -> Callable[[str], None]:
+    """A callback for the tracker's thread that journals an MLflow run id with ``update``
+    (``Journal.update_trial`` / ``update_experiment``); it logs a failure, never raises."""
+
+    def record(run_id: str) -> None:
+        try:
+            update(record_id, mlflow_run_id=run_id)
+        except Exception:  # the tracker's thread: log, never raise into it
+            log.exception("%s %s: could not journal its MLflow run id", what, record_id)
+
+    return record

@@ -25,7 +25,7 @@ from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
 from resolute.runtime.allocator import apply_round, plan_round, resources_shape, slot_shape
 from resolute.runtime.cluster import ClusterView, can_autoscale
-from resolute.runtime.experiment import ExperimentRun
+from resolute.runtime.experiment import ExperimentRun, run_id_recorder
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
 from resolute.runtime.package import hold_package
@@ -193,7 +193,7 @@ class SchedulerCore:
             config.to_dict(),
             config.searcher.name,
             {"resolute.experiment_id": str(exp_id), "resolute.seed": str(seed)},
-            on_started=self._experiment_run_recorder(exp_id),
+            on_started=run_id_recorder(self.journal.update_experiment, exp_id, what="experiment"),
         )
         searcher = make_searcher(config.searcher_settings(), config.space(), seed)
         shell: Any = SearcherActor.options(  # type: ignore[attr-defined]
@@ -220,15 +220,6 @@ class SchedulerCore:
         self.prewarm.start(exp)
         await exp.begin()
         return exp_id
-
-    def _experiment_run_recorder(self, experiment_id: int) -> Any:
-        def record(run_id: str) -> None:
-            try:
-                self.journal.update_experiment(experiment_id, mlflow_run_id=run_id)
-            except Exception:  # the tracker's thread: log, never raise into it
-                log.exception("experiment %s: could not journal its MLflow run", experiment_id)
-
-        return record
 
     async def _start_group(self, spec: TrialSpec, n: int, max_workers: int) -> Any:
         from resolute.elastic.group import WorkerGroup
