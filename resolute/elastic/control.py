@@ -69,6 +69,7 @@ class _Decisions:
     next_world: WorldInfo | None = None
     released: bool = False
     aborted: bool = False
+    answers: int = 0  # decisions received (a new target, or stop)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,12 +86,14 @@ class TrialControl:
     def set_target(self, until: float) -> None:
         with self._cond:
             self._d.target = until
+            self._d.answers += 1
             self._cond.notify_all()
 
     def request_stop(self, *, pause: bool) -> None:
         with self._cond:
             self._d.stop = True
             self._d.pause = self._d.pause or pause
+            self._d.answers += 1
             self._cond.notify_all()
 
     def announce_reform(self, generation: int, *, planned: bool) -> None:
@@ -126,6 +129,12 @@ class TrialControl:
     def pause_requested(self) -> bool:
         with self._cond:
             return self._d.pause
+
+    @property
+    def answers(self) -> int:
+        """How many decisions (a new target, or stop) have arrived so far."""
+        with self._cond:
+            return self._d.answers
 
     @property
     def target(self) -> float:

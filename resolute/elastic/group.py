@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
+from dataclasses import replace
 from typing import Any
 
 from resolute.elastic.launch import Member
@@ -47,7 +49,8 @@ class WorkerGroup(Reformation):
             raise ValueError(
                 f"need 1 <= min_workers <= max_workers, got {min_workers}, {max_workers}"
             )
-        self.spec = spec
+        # This run's name on its workers (see TrialWorker): unique per group.
+        self.spec = replace(spec, run_key=f"{spec.trial_id}-{uuid.uuid4().hex[:10]}")
         self.min_workers = min_workers
         self.max_workers = max_workers if max_workers is not None else min_workers
         self.reform_timeout_s = reform_timeout_s
@@ -90,17 +93,20 @@ class WorkerGroup(Reformation):
             raise RuntimeError("a WorkerGroup runs one trial once; create a new one")
         self._check_size(n_workers)
         self._target = n_workers
-        workers = await self._pool.acquire(
-            shape=self._shape, n=n_workers, reuse=self.spec.reuse_workers
-        )
+        workers = await self._acquire(n_workers)
         self._outcome = asyncio.get_running_loop().create_future()
         try:
-            await self._warm(workers)
-            order = order_by_node([w.node_id for w in workers])
-            self._members = [Member(worker=workers[i]) for i in order]
-            await self._launch(self._members, generation=0, survivors=[])
+            if n_workers == 1:
+                self._members = [Member(worker=workers[0])]
+                await self._start_single(self._members[0])
+            else:
+                await self._warm(workers)
+                order = order_by_node([w.node_id for w in workers])
+                self._members = [Member(worker=workers[i]) for i in order]
+                await self._launch(self._members, generation=0, survivors=[])
         except BaseException as exc:
             self._outcome = None
+            self._members = []
             await self._give_back(workers, exc)
             raise
         for m in self._members:
@@ -113,15 +119,20 @@ class WorkerGroup(Reformation):
         target; may also come early)."""
         self._until = until
         for m in self._members:
-            m.worker.handle.set_target.remote(until)
+            m.worker.handle.set_target.remote(self._key, until)
 
-    def request_stop(self, *, pause: bool) -> None:
+    def request_stop(self, *, pause: bool, ending: bool = False) -> None:
         """Ask user code to stop (``should_stop()`` turns True); with ``pause`` the outcome is
-        ``paused`` (the code is expected to save a checkpoint first)."""
+        ``paused`` (the code is expected to save a checkpoint first).
+
+        ``ending``: the code waits at its target for this very answer, so it returns at
+        once; its workers are offered to a trial that starts meanwhile (``WorkerPool.offer``)."""
         self._stop = True
         self._pause = self._pause or pause
         for m in self._members:
-            m.worker.handle.request_stop.remote(pause)
+            m.worker.handle.request_stop.remote(self._key, pause)
+        if ending and self.spec.reuse_workers and self._supervisor is not None:
+            self._pool.offer([m.worker for m in self._members if not m.lost], owner=self._key)
 
     async def wait(self) -> TrialOutcome:
         if self._outcome is None:
@@ -152,17 +163,14 @@ class WorkerGroup(Reformation):
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         decided = time.time()
         if n > self.size:
-            workers = await self._pool.acquire(
-                shape=self._shape,
-                n=n - self.size,
-                reuse=self.spec.reuse_workers,
-                prefer_nodes=[m.worker.node_id for m in self._members],
+            workers = await self._acquire(
+                n - self.size, prefer_nodes=[m.worker.node_id for m in self._members]
             )
             newcomers = [Member(worker=w) for w in workers]
             try:
                 # Everything but joining the process group happens now, while the running
                 # ranks train on: process start, imports, the trial's context.
-                await self._warm(workers)
+                await self._warm(workers, joining=True)
                 await self._prepare(newcomers)
             except BaseException as exc:
                 await self._give_back(workers, exc)
@@ -248,9 +256,7 @@ class WorkerGroup(Reformation):
                 self._last_step = max(self._last_step or 0, status.last_step)
             if member in self._leaving and status.phase == "done":
                 self._leaving.remove(member)
-                asyncio.create_task(
-                    self._pool.release([member.worker], reuse=self.spec.reuse_workers)
-                )
+                asyncio.create_task(self._return([member.worker]))
             return True
         if kind == "lost":
             member = event[1]
@@ -320,8 +326,8 @@ class WorkerGroup(Reformation):
         to finish, kill the ones that do not, then settle the outcome."""
         for m in self._members:
             if not m.done:
-                m.worker.handle.request_stop.remote(False)
-                m.worker.handle.abort.remote()
+                m.worker.handle.request_stop.remote(self._key, False)
+                m.worker.handle.abort.remote(self._key)
         deadline = time.monotonic() + self.reform_timeout_s
         while not all(m.done for m in self._members):
             left = deadline - time.monotonic()
@@ -353,7 +359,7 @@ class WorkerGroup(Reformation):
             checkpoint_uri=None,
         )
         healthy = [m.worker for m in self._members if not m.lost]
-        await self._pool.release(healthy, reuse=self.spec.reuse_workers)
+        await self._return(healthy)
         while not self._events.empty():
             self._deferred.append(self._events.get_nowait())
         for event in self._deferred:

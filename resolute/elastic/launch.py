@@ -27,7 +27,8 @@ from resolute.elastic.control import WorkerStatus
 from resolute.elastic.plan import build_worlds
 from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
 from resolute.elastic.spec import Report, TrialSpec
-from resolute.errors import EntrypointError
+from resolute.elastic.worker import WorkerBusy
+from resolute.errors import EntrypointError, ResourcesUnavailable
 
 if TYPE_CHECKING:
     from resolute.elastic.plan import TrialOutcome
@@ -95,24 +96,89 @@ class Launcher:
     def _mark(self, generation: int, name: str, at: float | None = None) -> None:
         self._marks.setdefault(generation, {})[name] = time.time() if at is None else at
 
-    async def _warm(self, workers: list[PooledWorker]) -> None:
+    @property
+    def _key(self) -> str:
+        return self.spec.run_key
+
+    async def _acquire(
+        self, n: int, *, prefer_nodes: list[str] | None = None, timeout_s: float | None = None
+    ) -> list[PooledWorker]:
+        return await self._pool.acquire(
+            shape=self._shape,
+            n=n,
+            reuse=self.spec.reuse_workers,
+            prefer_nodes=prefer_nodes or [],
+            timeout_s=timeout_s,
+            owner=self._key,
+        )
+
+    async def _return(self, workers: list[PooledWorker], *, reuse: bool | None = None) -> None:
+        keep = self.spec.reuse_workers if reuse is None else reuse
+        await self._pool.release(workers, reuse=keep, owner=self._key)
+
+    async def _starting(self, calls: Any) -> None:
+        """Await the calls that start runs on workers, with their failures in the group's
+        terms: the user's broken entrypoint, or no usable worker (``ResourcesUnavailable``:
+        the trial queues again, no restart used)."""
         import ray
 
         try:
-            await asyncio.gather(*(w.handle.warm.remote(self.spec) for w in workers))
+            await calls
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, BaseException) else None
             if isinstance(cause, EntrypointError):
                 raise EntrypointError(str(cause)) from None
+            if isinstance(cause, WorkerBusy):
+                raise ResourcesUnavailable(str(cause)) from None
             raise
+        except ray.exceptions.RayActorError as exc:
+            raise ResourcesUnavailable(f"a worker died while starting the trial: {exc}") from None
+
+    async def _warm(self, workers: list[PooledWorker], *, joining: bool = False) -> None:
+        """``joining``: the workers will join a running group (a grow or refill), which
+        pauses for them: they import everything user code may import later now."""
+        await self._starting(
+            asyncio.gather(
+                *(w.handle.warm.remote(self.spec, w.after, joining=joining) for w in workers)
+            )
+        )
+        self._pool.confirm(workers)
+
+    async def _start_single(self, member: Member) -> None:
+        """Start a one-rank run in one call to its worker (which first waits for the run it
+        succeeds, if it was claimed from one)."""
+        spec = self._spec_now()
+        world = build_worlds(
+            [member.worker.node_id],
+            generation=0,
+            rendezvous={},
+            use_gpu=self._shape.gpus > 0,
+            timeout_s=RENDEZVOUS_TIMEOUT_S,
+        )[0]
+        handle = member.worker.handle
+        await self._starting(
+            handle.start_single.remote(spec, world, self._sink, member.worker.after)
+        )
+        self._pool.confirm([member.worker])
+        member.prepared = True
+        self._generation = 0
+        self._mark(0, "rendezvous_open")
+        self._mark(0, "worlds_sent")
+        # Decisions that came while the worker was busy with the run before went to that
+        # run's key; they are this run's now.
+        if self._until != spec.until:
+            handle.set_target.remote(self._key, self._until)
+        if self._stop:
+            handle.request_stop.remote(self._key, self._pause)
 
     async def _give_back(self, workers: list[PooledWorker], failure: BaseException) -> None:
         """Return workers a start or grow could not use. Kept warm only when the fault is
         not theirs (the user's entrypoint, a cancellation): a worker whose own warm-up
         failed (e.g. its runtime_env working_dir was deleted under it) must not be handed
-        to the next trial to fail again."""
+        to the next trial to fail again. A worker claimed from an ending trial goes back to
+        that trial's group, whatever the fault (``WorkerPool.release``)."""
         theirs = not isinstance(failure, (EntrypointError, asyncio.CancelledError))
-        await self._pool.release(workers, reuse=self.spec.reuse_workers and not theirs)
+        await self._return(workers, reuse=self.spec.reuse_workers and not theirs)
 
     def _spec_now(self) -> TrialSpec:
         return replace(self.spec, until=self._until)
@@ -146,7 +212,7 @@ class Launcher:
         """Have ``host`` (the next rank 0, prepared) open the store the next generation meets
         at; the store stays open while the current generation trains on."""
         info = await host.worker.handle.rendezvous_info.remote(
-            world_size=world_size, generation=generation
+            self._key, world_size=world_size, generation=generation
         )
         return Rendezvous(host=host, generation=generation, world_size=world_size, info=info)
 
@@ -188,11 +254,11 @@ class Launcher:
 
     def _hand_out(self, member: Member, world: WorldInfo, *, survivor: bool) -> None:
         if survivor:
-            member.worker.handle.give_world.remote(world)
+            member.worker.handle.give_world.remote(self._key, world)
             return
-        member.worker.handle.launch.remote(world, self._until)
+        member.worker.handle.launch.remote(self._key, world, self._until)
         if self._stop:
-            member.worker.handle.request_stop.remote(self._pause)
+            member.worker.handle.request_stop.remote(self._key, self._pause)
 
     async def _watch(self, member: Member) -> None:
         import ray
@@ -200,7 +266,9 @@ class Launcher:
         since = 0
         while True:
             try:
-                status: WorkerStatus = await member.worker.handle.poll.remote(since, POLL_S)
+                status: WorkerStatus = await member.worker.handle.poll.remote(
+                    self._key, since, POLL_S
+                )
             except ray.exceptions.ActorUnavailableError:
                 await asyncio.sleep(0.5)  # transient (e.g. a network blip): ask again
                 continue
@@ -226,7 +294,7 @@ class Launcher:
         }
         members = [m for m in self._members if not m.lost]
         answers = await asyncio.gather(
-            *(m.worker.handle.marks.remote() for m in members), return_exceptions=True
+            *(m.worker.handle.marks.remote(self._key) for m in members), return_exceptions=True
         )
         for m, marks in zip(members, answers, strict=True):
             if isinstance(marks, BaseException):

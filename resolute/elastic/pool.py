@@ -11,6 +11,14 @@ with as well as its resources: a worker whose process carries one experiment's c
 working_dir package), pip packages and environment variables is never handed to a trial
 that needs another.
 
+A worker whose trial was told to stop at a decision point (it returns from ``train`` within
+milliseconds) is *offered* by its group: a trial that starts meanwhile may claim it. The
+worker is then the successor's, and its start call waits on the worker for the old run to
+end (``TrialWorker.warm(after=...)``): the slot passes from one trial to the next without a
+round trip through the scheduler. Each worker records the group that holds it (``owner``,
+the group's run key), so the old group's later ``release`` of a claimed worker is a no-op,
+and a successor that fails to start hands a claimed worker back to the old group.
+
 Used from an async context (the scheduler actor): every method that waits is a coroutine.
 """
 
@@ -84,6 +92,9 @@ class PooledWorker:
     pg_key: int
     serial: int = 0
     trials: int = field(default=0)
+    owner: str | None = None  # run key of the group it is lent to (None: idle or unnamed)
+    after: str | None = None  # claimed while this run of its old group was still ending
+    previous_done: bool = False  # the old group has let go of it (claimed workers)
 
 
 class WorkerPool:
@@ -91,12 +102,14 @@ class WorkerPool:
         self.max_idle = max_idle
         self.acquire_timeout_s = acquire_timeout_s
         self._idle: dict[Shape, list[PooledWorker]] = {}
+        self._offered: dict[Shape, list[PooledWorker]] = {}  # lent, their trial is ending
         self._pgs: dict[int, Any] = {}
         self._pg_live: Counter[int] = Counter()
         self._serial = itertools.count(1)
         self._live: dict[int, PooledWorker] = {}  # every worker started and not yet killed
         self.created = 0
         self.reused = 0
+        self.handed_over = 0  # workers claimed from a trial that was ending
         # Set whenever slots come back (a worker goes idle or is killed): an acquire waiting
         # for a placement group looks at the idle workers again at once.
         self._freed: asyncio.Event | None = None
@@ -121,16 +134,34 @@ class WorkerPool:
         reuse: bool = True,
         prefer_nodes: Sequence[str] = (),
         timeout_s: float | None = None,
+        owner: str | None = None,
     ) -> list[PooledWorker]:
-        """``n`` workers of ``shape``: warm idle ones first (those on ``prefer_nodes``, then
-        on the nodes with the most idle workers), new ones for the rest.
+        """``n`` workers of ``shape`` for the group ``owner``: warm idle ones first (those on
+        ``prefer_nodes``, then on the nodes with the most idle workers), then ones offered by
+        an ending trial (their ``after`` names the run to wait for), new ones for the rest.
 
         Raises ``ResourcesUnavailable`` when the new ones cannot be placed in time."""
         if n <= 0:
             return []
+        taken = await self._gather(shape, n, reuse, prefer_nodes, timeout_s, owner)
+        for worker in taken:
+            worker.owner = owner
+        return taken
+
+    async def _gather(
+        self,
+        shape: Shape,
+        n: int,
+        reuse: bool,
+        prefer_nodes: Sequence[str],
+        timeout_s: float | None,
+        owner: str | None,
+    ) -> list[PooledWorker]:
         timeout = self.acquire_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         taken = await self._take_idle(shape, n, prefer_nodes) if reuse else []
+        if reuse and owner is not None:
+            taken += self._take_offered(shape, n - len(taken), prefer_nodes, owner)
         freed = self._freed_event()
         try:
             while True:
@@ -149,16 +180,50 @@ class WorkerPool:
                         raise
                 if reuse:
                     taken += await self._take_idle(shape, n - len(taken), prefer_nodes)
+                    if owner is not None:
+                        taken += self._take_offered(shape, n - len(taken), prefer_nodes, owner)
                 else:
                     await self.trim(keep=0, shape=shape)
                 if len(taken) == n:
                     fresh = []
                     break
         except BaseException:
-            await self.release(taken, reuse=True)
+            await self.release(taken, reuse=True, owner=owner)
             raise
         self.reused += len(taken)
         return taken + fresh
+
+    def offer(self, workers: Iterable[PooledWorker], *, owner: str) -> None:
+        """``owner``'s trial was told to stop and is about to return: its workers may go
+        straight to a trial that starts meanwhile. Wakes an ``acquire`` waiting for slots."""
+        offered = False
+        for worker in workers:
+            if worker.owner == owner and worker.serial in self._live:
+                pending = self._offered.setdefault(worker.shape, [])
+                if worker not in pending:
+                    pending.append(worker)
+                    offered = True
+        if offered:
+            self._slots_freed()
+
+    def _take_offered(
+        self, shape: Shape, n: int, prefer_nodes: Sequence[str], owner: str
+    ) -> list[PooledWorker]:
+        offered = self._offered.get(shape, [])
+        preferred = set(prefer_nodes)
+        offered.sort(key=lambda w: (w.node_id not in preferred, w.serial))
+        taken: list[PooledWorker] = []
+        while offered and len(taken) < n:
+            worker = offered.pop(0)
+            worker.after, worker.owner, worker.previous_done = worker.owner, owner, False
+            taken.append(worker)
+        self.handed_over += len(taken)
+        return taken
+
+    def confirm(self, workers: Iterable[PooledWorker]) -> None:
+        """The new owner has started on these workers: the runs they followed are over."""
+        for worker in workers:
+            worker.after = None
 
     async def _take_idle(
         self, shape: Shape, n: int, prefer_nodes: Sequence[str]
@@ -293,10 +358,16 @@ class WorkerPool:
 
     # -- giving back --------------------------------------------------------------------
 
-    async def release(self, workers: Iterable[PooledWorker], *, reuse: bool) -> None:
+    async def release(
+        self, workers: Iterable[PooledWorker], *, reuse: bool, owner: str | None = None
+    ) -> None:
         """Return workers after a trial: reset and kept idle when ``reuse`` and they reset
-        cleanly, killed otherwise."""
-        workers = list(workers)
+        cleanly, killed otherwise.
+
+        ``owner`` (the releasing group's run key) settles hand-overs: a worker another trial
+        has claimed from ``owner`` is that trial's now and is left alone; a claimed worker
+        that its claimant returns before the old run let go of it goes back to that run."""
+        workers = [w for w in workers if self._settle_owner(w, owner)]
         if not workers:
             return
         if not reuse:
@@ -314,6 +385,24 @@ class WorkerPool:
                 self._kill(worker)
         self._slots_freed()
         await self._enforce_cap()
+
+    def _settle_owner(self, worker: PooledWorker, owner: str | None) -> bool:
+        """Whether ``owner`` releasing ``worker`` really returns it to the pool."""
+        if owner is not None and worker.owner is not None and worker.owner != owner:
+            if worker.after == owner:
+                worker.previous_done = True  # claimed from us: the claimant's now
+            return False
+        for ws in self._offered.values():
+            if worker in ws:
+                ws.remove(worker)
+        if worker.after is not None and not worker.previous_done:
+            # The claimant gives it back while the run it was to follow may still hold it
+            # (that run did not end in time, or the claimant failed): that run's group has
+            # it again and releases it when the run is over.
+            worker.owner, worker.after = worker.after, None
+            return False
+        worker.owner = worker.after = None
+        return True
 
     async def discard(self, workers: Iterable[PooledWorker]) -> None:
         for worker in workers:
@@ -347,7 +436,7 @@ class WorkerPool:
             self._kill(worker)
 
     def _kill(self, worker: PooledWorker) -> None:
-        for ws in self._idle.values():
+        for ws in (*self._idle.values(), *self._offered.values()):
             if worker in ws:
                 ws.remove(worker)
         self._forget(worker)

@@ -151,6 +151,7 @@ class TrialRun:
         self, *, spec: TrialSpec, world: WorldInfo, sink: Any, cache: WorkerCache, fn: Any
     ) -> None:
         self.spec = spec
+        self.key = spec.run_key
         self.fn = fn
         self.control = TrialControl(until=spec.until, generation=world.generation)
         self.backend = make_backend(spec.backend)

@@ -66,7 +66,7 @@ class Reformation(Launcher):
         planned = bool(add) or drop > 0
         live = [m for m in self._members if not m.done]
         for m in live:
-            m.worker.handle.announce_reform.remote(generation, planned)
+            m.worker.handle.announce_reform.remote(self._key, generation, planned)
         self._mark(generation, "announced")
         await self._settle(self._members, unplanned=not planned)
         self._mark(generation, "settled")
@@ -81,7 +81,7 @@ class Reformation(Launcher):
             # The run finished on some rank meanwhile: nothing to re-form.
             await self._release_members(add)
             for m in interrupted:
-                m.worker.handle.release.remote()
+                m.worker.handle.release.remote(self._key)
             await self._settle(self._members)
             await self._finish()
             return False
@@ -106,7 +106,7 @@ class Reformation(Launcher):
         members = [everyone[i] for i in order]
         for m in dropped:
             self._leaving.append(m)
-            m.worker.handle.release.remote()
+            m.worker.handle.release.remote(self._key)
         old = self.size
         await self._launch(
             members, generation=generation, survivors=survivors, rendezvous=rendezvous
@@ -125,7 +125,7 @@ class Reformation(Launcher):
         return True
 
     async def _release_members(self, members: list[Member]) -> None:
-        await self._pool.release([m.worker for m in members], reuse=self.spec.reuse_workers)
+        await self._return([m.worker for m in members])
 
     async def _settle(self, members: list[Member], *, unplanned: bool = False) -> None:
         """Consume status events until every member is interrupted, done or lost; a member
@@ -166,7 +166,7 @@ class Reformation(Launcher):
 
         for m in members:
             try:
-                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(), POLL_S)
+                stack: str = await asyncio.wait_for(m.worker.handle.stack.remote(self._key), POLL_S)
             except ray.exceptions.RayActorError as exc:
                 self._apply(("lost", m, exc))
                 continue
@@ -183,15 +183,13 @@ class Reformation(Launcher):
 
     async def _try_acquire(self, n: int) -> list[PooledWorker]:
         try:
-            workers = await self._pool.acquire(
-                shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=2.0
-            )
+            workers = await self._acquire(n, timeout_s=2.0)
         except ResourcesUnavailable:
             return []
         try:
-            await self._warm(workers)
+            await self._warm(workers, joining=True)
         except Exception:  # noqa: BLE001 - it warmed before; a failure now means no refill
-            await self._pool.release(workers, reuse=False)
+            await self._return(workers, reuse=False)
             return []
         return workers
 
@@ -209,9 +207,7 @@ class Reformation(Launcher):
             workers: list[PooledWorker] = []
             for n, timeout in ((missing, 2.0), (1, None)):
                 try:
-                    workers = await self._pool.acquire(
-                        shape=self._shape, n=n, reuse=self.spec.reuse_workers, timeout_s=timeout
-                    )
+                    workers = await self._acquire(n, timeout_s=timeout)
                     break
                 except ResourcesUnavailable:
                     continue
@@ -220,16 +216,16 @@ class Reformation(Launcher):
             marks = {"decided": time.time()}
             newcomers = [Member(worker=w) for w in workers]
             try:
-                await self._warm(workers)
+                await self._warm(workers, joining=True)
                 await self._prepare(newcomers)
             except asyncio.CancelledError:
-                await asyncio.shield(self._pool.release(workers, reuse=self.spec.reuse_workers))
+                await asyncio.shield(self._return(workers))
                 raise
             except Exception:  # noqa: BLE001 - retry with other workers
-                await self._pool.release(workers, reuse=False)
+                await self._return(workers, reuse=False)
                 continue
             if self.finished:
-                await self._pool.release(workers, reuse=self.spec.reuse_workers)
+                await self._return(workers)
                 return
             marks["warmed"] = time.time()
             self._events.put_nowait(("grow", newcomers, None, self._target, marks))

@@ -4,6 +4,9 @@ Reports are sent in order, one batch at a time (a batch is sent only after the p
 was accepted), as ``sink.on_reports.remote(trial_id, [Report, ...])``. A report that carries
 the searcher metric at a time at or past the current target is a decision point: it is
 flushed at once and the caller blocks until the group relays the control plane's answer.
+That answer (a new target, or stop) is what the caller waits for, not the batch's
+acknowledgement, which comes after the control plane has also journaled the report: the
+next flush collects it.
 
 ``agree_stop`` is ``ctx.should_stop()`` on a worker: the ranks agree on the chief's answer
 through one small collective, but only at the calls a ``CheckSchedule`` picks (every ~0.1 s of
@@ -59,6 +62,10 @@ class SinkReporter:
         self._buffer: list[Report] = []
         self._buffer_lock = threading.Lock()
         self._send_lock = threading.Lock()  # one batch in flight, so batches stay in order
+        self._in_flight: tuple[Any, list[Report]] | None = None  # sent, not yet acknowledged
+        # The control's answer count when a decision point was sent without waiting: an
+        # answer after it means the control plane has taken that batch in.
+        self._asked_at: int | None = None
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_step: int | None = None
@@ -107,7 +114,9 @@ class SinkReporter:
         self.last_step = int(step)
         self._note_decision_point(t, clean)
         if self._spec.metric in clean and t >= self._control.target:
-            self.flush()
+            asked_at = self._control.answers
+            self.flush(wait=False)
+            self._asked_at = asked_at
             self._control.wait_at_target(t)
 
     def hold(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -175,34 +184,65 @@ class SinkReporter:
             self._buffer.append(report)
         self._ensure_flusher()
 
-    def flush(self) -> None:
+    def flush(self, *, wait: bool = True) -> None:
+        """Send what is buffered. ``wait``: until the control plane has accepted it; else
+        return once it is sent (the next flush waits for it)."""
         with self._send_lock:
+            self._settle()
             with self._buffer_lock:
                 batch, self._buffer = self._buffer, []
             if not batch:
                 return
-            import ray
-
             try:
-                ray.get(
-                    self._sink.on_reports.remote(self._spec.trial_id, batch),
-                    timeout=SINK_TIMEOUT_S,
-                )
-                steps = [r.step for r in batch if r.kind == "metrics"]
-                if steps:
-                    self.delivered_step = max(self.delivered_step, *steps)
+                ref = self._sink.on_reports.remote(self._spec.trial_id, batch)
             except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
-                self._log.warning(
-                    "could not deliver %d report(s) to the control plane: %s", len(batch), exc
-                )
+                self._undelivered(batch, exc)
+                return
+            self._in_flight = (ref, batch)
+            self._asked_at = None
+            if wait:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the batch in flight to be accepted (the send lock is held)."""
+        if self._in_flight is None:
+            return
+        import ray
+
+        ref, batch = self._in_flight
+        self._in_flight = None
+        self._asked_at = None
+        try:
+            ray.get(ref, timeout=SINK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
+            self._undelivered(batch, exc)
+            return
+        steps = [r.step for r in batch if r.kind == "metrics"]
+        if steps:
+            self.delivered_step = max(self.delivered_step, *steps)
+
+    def _undelivered(self, batch: list[Report], exc: BaseException) -> None:
+        self._log.warning(
+            "could not deliver %d report(s) to the control plane: %s", len(batch), exc
+        )
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(FLUSH_INTERVAL_S):
             self.flush()
 
     def close(self) -> None:
+        """Stop the flusher and send what is left. A decision point already answered (the
+        run ends on that answer) is not waited for: the control plane took it in before it
+        answered, and only its journal write is left, so the slot is not held for it."""
         self._closed.set()
         if self._thread is not None:
             self._thread.join(timeout=SINK_TIMEOUT_S)
             self._thread = None
+        with self._send_lock:
+            with self._buffer_lock:
+                empty = not self._buffer
+            asked_at = self._asked_at
+            if empty and asked_at is not None and self._control.answers > asked_at:
+                self._in_flight = self._asked_at = None
+                return
         self.flush()

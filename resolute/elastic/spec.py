@@ -31,6 +31,10 @@ class TrialSpec:
     # The Ray runtime_env the workers are created with (working_dir package, pip, env_vars);
     # None: the pool's plain workers. Workers of different runtime_envs are never shared.
     runtime_env: dict[str, Any] | None = None
+    # Names this run of the trial on its workers (set by its WorkerGroup): a worker obeys
+    # control calls only for the run it holds, and a successor's start names the run it
+    # follows, so a late call from an ended run never reaches the next trial.
+    run_key: str = ""
 
 
 @dataclass(frozen=True)

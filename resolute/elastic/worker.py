@@ -1,9 +1,15 @@
 """The Ray actor that runs user code: one rank of a trial, reusable across trials.
 
-A threaded actor: ``start`` runs the user's ``train(ctx)`` in a thread of its own and returns,
-so the control calls (``set_target``, ``request_stop``, ``poll``, re-formation) arrive on
-the actor's other threads while user code runs. The process, its imports and its
+A threaded actor: ``launch`` runs the user's ``train(ctx)`` in a thread of its own and
+returns, so the control calls (``set_target``, ``request_stop``, ``poll``, re-formation)
+arrive on the actor's other threads while user code runs. The process, its imports and its
 ``WorkerCache`` outlive a trial; ``finish`` resets everything else.
+
+Every control call names the run it is for (``TrialSpec.run_key``) and is ignored by a
+worker that holds another run. That lets a worker be handed to the next trial while its
+current one is still winding down (a stopped trial returning from ``train``): the
+successor's ``warm(after=...)`` / ``start_single(after=...)`` waits here for that run to
+end and takes over at once, with no round trip to the scheduler in between.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +34,14 @@ from resolute.elastic.spec import TrialSpec
 from resolute.errors import EntrypointError
 
 MAX_CONCURRENCY = 16  # user thread aside: poll, control calls and rendezvous at once
+# How long a successor waits for the run it follows to end (that run was told to stop while
+# waiting at its target, so it normally returns within milliseconds).
+SUCCEED_TIMEOUT_S = float(os.environ.get("RESOLUTE_SUCCEED_TIMEOUT_S", "10"))
+ENDED_KEPT = 8  # final statuses kept of runs that ended, for their groups' last polls
+
+
+class WorkerBusy(RuntimeError):
+    """The run a successor was to follow did not end in time; the worker is still its."""
 
 
 def _import_lazy_torch_modules() -> None:
@@ -43,6 +58,8 @@ class TrialWorker:
     def __init__(self) -> None:
         self._cache = WorkerCache()
         self._run: TrialRun | None = None
+        self._ended: dict[str, WorkerStatus] = {}  # run key -> final status
+        self._frozen_at = -1  # len(sys.modules) at the last gc.freeze()
         self._env_backup: dict[str, str | None] = {}
         self._repr = "TrialWorker(idle)"
         self.trials_started = 0
@@ -66,32 +83,63 @@ class TrialWorker:
             "cache_size": len(self._cache),
         }
 
-    def warm(self, spec: TrialSpec) -> None:
+    def preload(self, backend: str) -> None:
+        """Import ``backend`` (e.g. ``torch``) ahead of any trial: a worker started for the
+        first trials does it while the experiment's searcher is still starting."""
+        loaded = make_backend(backend)
+        preload = getattr(loaded, "preload", None)
+        if callable(preload):
+            preload()
+
+    def warm(self, spec: TrialSpec, after: str | None = None, *, joining: bool = False) -> None:
         """Import the entrypoint (failing fast with ``EntrypointError``) and run the module's
-        optional ``warmup(cache, hparams)`` hook, before this worker joins a group."""
+        optional ``warmup(cache, hparams)`` hook, before this worker joins a group.
+
+        ``after``: the run this worker still holds, told to stop, that ``spec`` succeeds:
+        wait for it to end first (``WorkerBusy`` if it does not within a few seconds).
+        ``joining``: it joins a running group, whose ranks pause until it is in: import
+        now what user code would import on its first step (seconds of ``torch._dynamo``).
+        A trial's first ranks start together and pay that in their own first step."""
+        self._succeed(after)
         fn, module = load_entrypoint(spec.entrypoint, spec.context_dir)
         backend = make_backend(spec.backend)  # imports torch now, not after the group pauses
         preload = getattr(backend, "preload", None)
         if callable(preload):
             preload()
-        _import_lazy_torch_modules()
+        if joining:
+            _import_lazy_torch_modules()
         hook = getattr(module, "warmup", None)
         if callable(hook):
             hook(self._cache, dict(spec.hparams))
         # Imports are done: keep what survives out of every later collection, so that a
         # collection during a re-formation (or user code's) scans the trial's objects only.
-        gc.collect()
-        gc.freeze()
+        # Once per new import: on a reused worker with nothing new, a collection would only
+        # delay the next trial's start.
+        if len(sys.modules) != self._frozen_at:
+            gc.collect()
+            gc.freeze()
+            self._frozen_at = len(sys.modules)
 
-    def rendezvous_info(self, *, world_size: int, generation: int) -> dict[str, Any]:
-        run = self._require_run()
+    def start_single(
+        self, spec: TrialSpec, world: WorldInfo, sink: Any, after: str | None = None
+    ) -> None:
+        """A one-rank run in one call: ``warm``, ``prepare``, open its rendezvous and
+        ``launch``. ``world`` is rank 0 of 1 without the rendezvous, which is filled in here."""
+        self.warm(spec, after=after)
+        self.prepare(spec, world, sink)
+        run = self._require_run(spec.run_key)
+        info = run.backend.rendezvous_info(world_size=1, generation=world.generation)
+        self.launch(spec.run_key, replace(world, rendezvous=info), spec.until)
+
+    def rendezvous_info(self, key: str, *, world_size: int, generation: int) -> dict[str, Any]:
+        run = self._require_run(key)
         return run.backend.rendezvous_info(world_size=world_size, generation=generation)
 
     def prepare(self, spec: TrialSpec, world: WorldInfo, sink: Any) -> None:
         """Build the trial's run (backend, context, log) without starting user code, so
         that rank 0 can open the rendezvous before anyone calls ``setup``."""
         if self._run is not None and self._run.thread.is_alive():
-            raise RuntimeError(
+            raise WorkerBusy(
                 f"worker is still running trial {self._run.spec.trial_id}; finish() it first"
             )
         self._reset()
@@ -100,10 +148,10 @@ class TrialWorker:
         self._run = TrialRun(spec=spec, world=world, sink=sink, cache=self._cache, fn=fn)
         self._repr = f"TrialWorker(trial={spec.trial_id}, hparams={spec.hparams})"
 
-    def launch(self, world: WorldInfo, until: float | None = None) -> None:
+    def launch(self, key: str, world: WorldInfo, until: float | None = None) -> None:
         """Start user code as ``world``'s rank; ``until`` is the target as it stands now
         (it may have moved since ``prepare``, which can come well before)."""
-        run = self._require_run()
+        run = self._require_run(key)
         if until is not None:
             run.control.set_target(until)
         run.dist.set_world(world)
@@ -113,42 +161,54 @@ class TrialWorker:
 
     # -- control, from the group ---------------------------------------------------------
 
-    def poll(self, since: int, timeout_s: float) -> WorkerStatus:
-        run = self._run
-        if run is None:
-            return WorkerStatus()
-        return run.control.poll(since, timeout_s)
+    def poll(self, key: str, since: int, timeout_s: float) -> WorkerStatus:
+        run = self._holding(key)
+        if run is not None:
+            return run.control.poll(since, timeout_s)
+        ended = self._ended.get(key)
+        if ended is not None:
+            return ended
+        # Never prepared here, or ended so long ago that its status was dropped: a final
+        # answer, so that the caller does not poll forever.
+        return WorkerStatus(
+            phase="done",
+            version=since + 1,
+            outcome="errored",
+            error=f"this worker holds no run {key!r}",
+            error_kind="collective",
+        )
 
-    def set_target(self, until: float) -> None:
-        if self._run is not None:
-            self._run.control.set_target(until)
+    def set_target(self, key: str, until: float) -> None:
+        if (run := self._holding(key)) is not None:
+            run.control.set_target(until)
 
-    def request_stop(self, pause: bool) -> None:
-        if self._run is not None:
-            self._run.control.request_stop(pause=pause)
+    def request_stop(self, key: str, pause: bool) -> None:
+        if (run := self._holding(key)) is not None:
+            run.control.request_stop(pause=pause)
 
-    def announce_reform(self, generation: int, planned: bool) -> None:
-        if self._run is not None:
-            self._run.control.announce_reform(generation, planned=planned)
+    def announce_reform(self, key: str, generation: int, planned: bool) -> None:
+        if (run := self._holding(key)) is not None:
+            run.control.announce_reform(generation, planned=planned)
 
-    def give_world(self, world: WorldInfo) -> None:
-        self._require_run().control.give_world(world)
+    def give_world(self, key: str, world: WorldInfo) -> None:
+        self._require_run(key).control.give_world(world)
 
-    def release(self) -> None:
-        if self._run is not None:
-            self._run.control.release()
+    def release(self, key: str) -> None:
+        if (run := self._holding(key)) is not None:
+            run.control.release()
 
-    def abort(self) -> None:
-        if self._run is not None:
-            self._run.control.abort()
+    def abort(self, key: str) -> None:
+        if (run := self._holding(key)) is not None:
+            run.control.abort()
 
-    def marks(self) -> list[tuple[int, str, float]]:
+    def marks(self, key: str) -> list[tuple[int, str, float]]:
         """``(generation, name, wall time)`` of the re-formation phases this rank passed."""
-        return list(self._run.marks) if self._run is not None else []
+        run = self._holding(key)
+        return list(run.marks) if run is not None else []
 
-    def stack(self) -> str:
+    def stack(self, key: str) -> str:
         """The Python stack of the thread running user code (to see where it is stuck)."""
-        run = self._run
+        run = self._holding(key)
         if run is None or run.thread.ident is None:
             return ""
         frame = sys._current_frames().get(run.thread.ident)
@@ -169,13 +229,38 @@ class TrialWorker:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _require_run(self) -> TrialRun:
-        if self._run is None:
-            raise RuntimeError("no trial on this worker; call prepare() first")
-        return self._run
+    def _holding(self, key: str) -> TrialRun | None:
+        run = self._run
+        return run if run is not None and run.key == key else None
+
+    def _require_run(self, key: str) -> TrialRun:
+        run = self._holding(key)
+        if run is None:
+            held = self._run.key if self._run is not None else None
+            raise RuntimeError(f"this worker holds run {held!r}, not {key!r}; prepare() it first")
+        return run
+
+    def _succeed(self, after: str | None) -> None:
+        """Take over from ``after``, the run still held here that the next one follows:
+        wait for its user code to return, then drop it (its group reads its final status
+        from ``_ended``)."""
+        run = self._run
+        if run is None or after is None or run.key != after:
+            return
+        if run.thread.ident is not None:
+            run.thread.join(timeout=SUCCEED_TIMEOUT_S)
+        if run.thread.is_alive():
+            raise WorkerBusy(
+                f"trial {run.spec.trial_id} was told to stop but still runs after "
+                f"{SUCCEED_TIMEOUT_S:g}s; its worker stays with it"
+            )
+        self._reset()
 
     def _reset(self) -> None:
         if self._run is not None:
+            self._ended[self._run.key] = self._run.control.status
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.pop(next(iter(self._ended)))
             self._run.close()
             self._run = None
         for key, old in self._env_backup.items():

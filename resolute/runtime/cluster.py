@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -86,15 +87,24 @@ class ClusterView:
         self._request_fn = request_fn or _send_to_autoscaler
         self._pending: list[Bundle] = []
         self._sent: list[Bundle] | None = None  # the target last sent; None: none in place
+        self._nodes: tuple[float, list[NodeSpec]] | None = None  # (when read, nodes)
 
     # ------------------------------------------------------------------ nodes
-    def nodes(self) -> list[NodeSpec]:
-        """The alive nodes, each with its total slot resources (CPU, GPU, custom)."""
-        return [
+    def nodes(self, *, max_age_s: float = 0.0) -> list[NodeSpec]:
+        """The alive nodes, each with its total slot resources (CPU, GPU, custom).
+
+        ``max_age_s``: a list read from the GCS at most that long ago will do (a GCS round
+        trip per allocation round costs ~1 ms of the scheduler's event loop)."""
+        now = time.monotonic()
+        if self._nodes is not None and now - self._nodes[0] <= max_age_s:
+            return list(self._nodes[1])
+        nodes = [
             NodeSpec(node_id=n["NodeID"], resources=slot_resources(n.get("Resources") or {}))
             for n in _ray_nodes()
             if n.get("Alive")
         ]
+        self._nodes = (now, nodes)
+        return list(nodes)
 
     def node_of_current_process(self) -> str:
         import ray

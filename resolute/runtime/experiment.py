@@ -11,6 +11,7 @@ written before its slots are reused). Reports are handled in ``runtime/reports.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -82,10 +83,31 @@ class ExperimentRun(ReportHandling, TrialRunning):
         self.best_trial: TrialRun | None = None
         self.error: str | None = None
         self._lock = asyncio.Lock()
+        self._pending_writes: list[functools.partial[Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.slot_seconds = 0.0  # slots held x seconds, over the experiment's life
         self._accounted_at = time.monotonic()
         self.finished = asyncio.Event()
+
+    def _journal_later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Write to the journal in the event loop's next turn, in order, after what this
+        turn set going: a trial started now sends its first call to its worker before the
+        (synchronous, milliseconds-long) write runs. For records that only inform. Once
+        the experiment has ended, and before it is marked ended, they are written at once,
+        so that whoever waits for the end reads them."""
+        self._pending_writes.append(functools.partial(fn, *args, **kwargs))
+        if self.finished.is_set():
+            self._write_pending()
+        elif len(self._pending_writes) == 1:
+            asyncio.get_running_loop().call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        writes, self._pending_writes = self._pending_writes, []
+        for write in writes:
+            try:
+                write()
+            except Exception:
+                log.exception("journal write %s failed", getattr(write.func, "__name__", write))
 
     # ----------------------------------------------------------------- searcher calls
     async def _call(self, method: str, *args: Any) -> Any:
@@ -107,8 +129,8 @@ class ExperimentRun(ReportHandling, TrialRunning):
             self._changed()
             return
         decision: Decision = await self._call("decide", events)
-        touched = {a.trial_id for a in decision.actions if not isinstance(a, Shutdown)}
-        for sid in (at_target or set()) - touched:
+        # Waiting for this answer; an action on one of them ends its wait (``_apply``).
+        for sid in at_target or set():
             self.trials[sid].waiting = True
         await self._decided(decision)
 
@@ -118,8 +140,8 @@ class ExperimentRun(ReportHandling, TrialRunning):
         # The allocation round first (a trial the searcher just stopped frees its slot for
         # one it just created), the snapshot after it: nothing waits on that write.
         self._changed()
-        self.journal.save_searcher_snapshot(self.id, decision.snapshot)
-        self.journal.update_experiment(self.id, progress=self.progress)
+        self._journal_later(self.journal.save_searcher_snapshot, self.id, decision.snapshot)
+        self._journal_later(self.journal.update_experiment, self.id, progress=self.progress)
 
     def _changed(self) -> None:
         self._check_finished()
@@ -134,13 +156,14 @@ class ExperimentRun(ReportHandling, TrialRunning):
                 self.searcher_done = True
             else:
                 tr = self.trials[action.trial_id]
-                tr.waiting = False
+                # A trial waiting at its target returns as soon as it is told to stop.
+                ending, tr.waiting = tr.waiting, False
                 if isinstance(action, Continue):
                     self._continue(tr, action.until)
                 elif isinstance(action, Pause):
-                    self._pause(tr)
+                    self._pause(tr, ending=ending)
                 elif isinstance(action, Stop):
-                    self._stop(tr, action.reason)
+                    self._stop(tr, action.reason, ending=ending)
 
     def _create(self, action: Create) -> None:
         donor = self.trials.get(action.clone_from) if action.clone_from is not None else None
@@ -188,23 +211,23 @@ class ExperimentRun(ReportHandling, TrialRunning):
         elif tr.status == TrialStatus.PAUSED:
             self._enqueue(tr)
 
-    def _pause(self, tr: TrialRun) -> None:
+    def _pause(self, tr: TrialRun, *, ending: bool = False) -> None:
         self._decision(tr, "pause")
         tr.resume_pending = False
         if tr.slots:  # running, or its group is starting (then told once it has started)
             told, tr.request = tr.request in _RESUMES, "pause"
             if tr.group is not None and not told:
-                tr.group.request_stop(pause=True)
+                tr.group.request_stop(pause=True, ending=ending)
         else:
             self._dequeue(tr)
 
-    def _stop(self, tr: TrialRun, reason: StopReason) -> None:
+    def _stop(self, tr: TrialRun, reason: StopReason, *, ending: bool = False) -> None:
         tr.stop_reason = reason
         self._decision(tr, "stop" if reason == StopReason.EARLY_STOPPED else "finish")
         if tr.slots:
             told, tr.request = tr.request in _RESUMES, "stop"
             if tr.group is not None and not told:
-                tr.group.request_stop(pause=False)
+                tr.group.request_stop(pause=False, ending=ending)
             return
         self._dequeue(tr)
         if tr.live:
@@ -336,6 +359,7 @@ class ExperimentRun(ReportHandling, TrialRunning):
             best.hparams if best else None,
         )
         self.tracker.flush()
+        self._write_pending()
         self.finished.set()
 
 

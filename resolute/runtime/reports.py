@@ -62,19 +62,23 @@ class ReportHandling:
                 self._gc_checkpoints(tr)
             elif rep.kind == "event":
                 log.info("trial %s: %s", tr.trial_id, rep.message)
-        async with self._lock:
-            await self._feed(events, at_target)
-        # Journaled after the searcher's answer, which a trial may be blocked on: these
-        # records only inform (the CLI, a restart), nothing starts or stops on them.
+        # Journaled while the searcher thinks (the loop waits for its answer, which a trial
+        # may be blocked on): these records only inform (the CLI, a restart), nothing starts
+        # or stops on them.
         fields: dict[str, Any] = {"last_step": tr.last_step}
         if tr.best_step is not None:
             fields |= {"best_metric": tr.best, "best_step": tr.best_step}
-        self.journal.update_trial(tr.trial_id, **fields)
+        self._journal_later(self.journal.update_trial, tr.trial_id, **fields)
         best = self.best_trial
         if best is not None and (best.trial_id, best.best) != best_before:
-            self.journal.update_experiment(
-                self.id, best_trial_id=best.trial_id, best_metric=best.best
+            self._journal_later(
+                self.journal.update_experiment,
+                self.id,
+                best_trial_id=best.trial_id,
+                best_metric=best.best,
             )
+        async with self._lock:
+            await self._feed(events, at_target)
 
     def _update_best(self: ExperimentRun, tr: TrialRun, value: float, step: int) -> None:
         smaller = self.config.searcher.smaller_is_better

@@ -53,7 +53,7 @@ class TrialRunning:
                 return
             if tr.waiting and tr.group is not None and tr.request is None:
                 tr.request = "yield"
-                tr.group.request_stop(pause=True)
+                tr.group.request_stop(pause=True, ending=True)
                 self._decision(tr, "yield slots while waiting")
                 wanted -= 1
 

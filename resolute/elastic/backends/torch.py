@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -71,6 +73,11 @@ class TorchBackend:
 
     def rendezvous_info(self, *, world_size: int, generation: int) -> dict[str, Any]:
         self._close_server_store()
+        self._server_generation = generation
+        if world_size == 1:
+            # Nobody else connects: an in-process store, no server socket (~1.5 ms less).
+            self._server_store = dist.HashStore()  # type: ignore[attr-defined]
+            return {"master_addr": node_ip_address(), "master_port": 0}
         store = dist.TCPStore(  # type: ignore[attr-defined]
             host_name="0.0.0.0",
             port=0,
@@ -80,7 +87,6 @@ class TorchBackend:
             wait_for_workers=False,
         )
         self._server_store = store
-        self._server_generation = generation
         return {"master_addr": node_ip_address(), "master_port": int(store.port)}
 
     def setup(self, world: WorldInfo) -> None:
@@ -114,13 +120,17 @@ class TorchBackend:
         self._world = world
         # Every rank has connected once init_process_group returns; a barrier makes sure
         # the full mesh is up before user code's first collective.
-        self.barrier()
+        if world.world_size > 1:
+            self.barrier()
 
     def teardown(self) -> None:
         if dist.is_initialized():
+            old = [dist.group.WORLD] if dist.get_backend() == "gloo" else []
             # A broken group may fail to close; it is gone either way.
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+            if old:
+                _drop_later(old)
         self._world = None
         self._close_server_store()
 
@@ -241,3 +251,28 @@ def is_collective_failure(exc: BaseException) -> bool:
         "Socket Timeout",
     )
     return any(m in text for m in markers)
+
+
+# A gloo process group's destructor joins its worker threads: ~10 ms, paid by whoever drops
+# the last reference. Dropped on a thread of its own instead, so that a trial's end (and the
+# next trial's start on this worker, or a re-formation) does not wait for it.
+_graveyard: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+_digger: threading.Thread | None = None
+_digger_lock = threading.Lock()
+
+
+def _drop_later(box: list[Any]) -> None:
+    """Hand the caller's only reference (in ``box``) to the background thread."""
+    global _digger
+    with _digger_lock:
+        if _digger is None or not _digger.is_alive():
+            _digger = threading.Thread(target=_dig, name="resolute-pg-reaper", daemon=True)
+            _digger.start()
+    _graveyard.put(box)
+
+
+def _dig() -> None:
+    while True:
+        box = _graveyard.get()
+        box.clear()  # the process group's destructor runs here
+        del box

@@ -155,3 +155,15 @@ def gpu_probe(ctx):
             "loss": float(loss.detach()),
         },
     )
+
+
+def slow_to_stop(ctx):
+    """Like ``count_steps``, but lingers ``hparams['linger_s']`` seconds after a stop request
+    before it returns (user code that finishes a long step first)."""
+    import time
+
+    for step in range(1, int(ctx.hparams.get("steps", 10)) + 1):
+        ctx.report(step, {"loss": 1.0 / step})
+        if ctx.should_stop():
+            time.sleep(float(ctx.hparams.get("linger_s", 0.0)))
+            return
