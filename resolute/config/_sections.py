@@ -160,6 +160,12 @@ class TrackingConfig(Section):
     tensorboard: StrictBool = Field(
         default=True, description="whether to also write TensorBoard event files"
     )
+    gpu_stats_interval_s: StrictFloat = Field(
+        default=30.0,
+        ge=0,
+        description="the seconds between each GPU rank's statistics (utilisation, memory, "
+        "temperature, power), logged as system/rank<r>/gpu<i>/...; 0 turns them off",
+    )
 
 
 def _numbers_to_str(value: Any) -> Any:

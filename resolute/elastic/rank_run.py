@@ -30,8 +30,9 @@ from resolute.context import (
 )
 from resolute.elastic.backends.base import Backend, WorldInfo, is_collective_failure
 from resolute.elastic.control import Aborted, Released, TrialControl
+from resolute.elastic.gpu_stats import GpuSampler
 from resolute.elastic.reporter import SinkReporter
-from resolute.elastic.spec import TrialSpec
+from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import EntrypointError
 
 REJOIN_TIMEOUT_S = 300.0
@@ -153,6 +154,8 @@ class TrialRun:
         self.spec = spec
         self.key = spec.run_key
         self.fn = fn
+        self._sink = sink
+        self._gpu_stats: GpuSampler | None = None
         self.control = TrialControl(until=spec.until, generation=world.generation)
         self.backend = make_backend(spec.backend)
         self.dist = DistributedContext(world=world, backend=self.backend)
@@ -199,6 +202,7 @@ class TrialRun:
             self.mark("thread_started")
             self.backend.setup(self.dist.world)
             self.mark("group_formed")
+            self._start_gpu_stats()
             self.control.update(
                 phase="running", rank=self.dist.world.rank, generation=self.dist.world.generation
             )
@@ -213,6 +217,8 @@ class TrialRun:
             tb = traceback.format_exc()
             self.log.error("train function failed:\n%s", tb)
         finally:
+            if self._gpu_stats is not None:
+                self._gpu_stats.stop()
             self.reporter.close()
             self.backend.teardown()
             self.control.update(
@@ -224,6 +230,28 @@ class TrialRun:
                 last_step=self.reporter.last_step,
                 checkpoint_uri=self.checkpoints.latest,
             )
+
+    def _start_gpu_stats(self) -> None:
+        """Every rank samples its own GPUs (none on a CPU slot: nothing starts) and sends
+        them straight to the control plane as ``system/rank<r>/gpu<i>/<stat>``."""
+        interval = self.spec.gpu_stats_interval_s
+        if interval <= 0:
+            return
+        try:
+            self._gpu_stats = GpuSampler(
+                emit=self._send_gpu_stats, interval_s=interval, prefix="gpu"
+            )
+            self._gpu_stats.start()
+        except Exception:  # statistics must never take training down
+            self.log.warning("GPU statistics are off for this run", exc_info=True)
+            self._gpu_stats = None
+
+    def _send_gpu_stats(self, metrics: dict[str, float]) -> None:
+        rank = self.dist.world.rank
+        step = self.reporter.last_step or self.control.status.step or 0
+        named = {f"system/rank{rank}/{key}": value for key, value in metrics.items()}
+        report = Report(kind="system", step=step, time=float(step), metrics=named)
+        self._sink.on_reports.remote(self.spec.trial_id, [report])
 
     def mark(self, name: str, *, generation: int | None = None) -> None:
         """Note when this rank passed ``name`` (wall clock, comparable across nodes) in

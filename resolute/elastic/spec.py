@@ -35,13 +35,14 @@ class TrialSpec:
     # control calls only for the run it holds, and a successor's start names the run it
     # follows, so a late call from an ended run never reaches the next trial.
     run_key: str = ""
+    gpu_stats_interval_s: float = 0.0  # 0: no GPU statistics (tracking.gpu_stats_interval_s)
 
 
 @dataclass(frozen=True)
 class Report:
     """One record sent from rank 0 to the control plane (the scheduler's ``on_reports``)."""
 
-    kind: str  # "metrics" | "checkpoint" | "event"
+    kind: str  # "metrics" | "checkpoint" | "event" | "system" (GPU statistics of a rank)
     step: int
     time: float
     metrics: dict[str, float] = field(default_factory=dict)

@@ -60,6 +60,9 @@ class ReportHandling:
                 )
                 self.tracker.log_checkpoint(tr.trial_id, rep.checkpoint_uri, rep.step)
                 self._gc_checkpoints(tr)
+            elif rep.kind == "system":
+                # A rank's GPU statistics: tracked, never the searcher's business.
+                self.tracker.log_metrics(tr.trial_id, rep.step, rep.metrics)
             elif rep.kind == "event":
                 log.info("trial %s: %s", tr.trial_id, rep.message)
         # Journaled while the searcher thinks (the loop waits for its answer, which a trial

@@ -135,6 +135,9 @@ class TrialRunning:
             reuse_workers=cfg.resources.reuse_workers,
             attempt=tr.restarts,
             runtime_env=cfg.trial_runtime_env(),
+            gpu_stats_interval_s=cfg.tracking.gpu_stats_interval_s
+            if cfg.resources.gpus_per_slot
+            else 0.0,
         )
 
     async def _run_trial(self: ExperimentRun, tr: TrialRun, n: int) -> None:

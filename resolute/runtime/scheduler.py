@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ NAMESPACE = "resolute"
 SCHEDULER_NAME = "scheduler"
 ROUND_INTERVAL_S = 2.0  # safety-net allocation round (nodes joining/leaving are seen here)
 NODES_MAX_AGE_S = 0.5  # how stale the node list an allocation round uses may be
+SWITCH_INTERVAL_S = 0.001  # the scheduler process's GIL switch interval (see Scheduler)
 
 log = logging.getLogger("resolute.scheduler")
 
@@ -362,6 +364,11 @@ class Scheduler:
         # The imports so far live as long as the process: kept out of full collections,
         # which stall the event loop (0.1-0.3 s each while the first experiment starts).
         gc.freeze()
+        # The event loop shares the GIL with the trackers' writer threads (MLflow is pure
+        # Python: a batch of run creations and metrics holds the GIL for tens of ms). A
+        # thread waiting for the GIL asks for it after the switch interval, 5 ms by default,
+        # and a trial handover resumes the loop several times: 1 ms bounds each wait.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         handle = ray.get_runtime_context().current_actor
         self.core = SchedulerCore(
             journal_url=journal_url or default_journal_url(), self_handle=handle, **options

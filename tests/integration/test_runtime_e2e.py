@@ -268,3 +268,55 @@ def test_trial_that_can_never_fit_is_rejected_at_submit(conn, tmp_path):
     with pytest.raises(SchedulerError, match="can never give that"):
         client.submit(conn, load_config(path))
     assert not (tmp_path / "storage").exists()  # nothing written
+
+
+def test_a_ranks_system_statistics_reach_mlflow_and_not_the_searcher(conn, tmp_path):
+    # The real scheduler receives a rank's GPU statistics the way a GPU worker sends them
+    # (Report(kind="system") to on_reports); no GPU here, so the report is made by hand.
+    import time
+
+    from resolute.elastic.spec import Report
+
+    (tmp_path / "slow.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            def train(ctx):
+                for step in range(1, 31):
+                    time.sleep(0.1)
+                    ctx.report(step, {"loss": 1.0 / step})
+                    if ctx.should_stop():
+                        return
+            """
+        )
+    )
+    path = write_config(
+        tmp_path,
+        f"""
+        name: system-stats
+        entrypoint: slow:train
+        storage: {tmp_path / "storage"}
+        hyperparameters: {{x: 1}}
+        searcher: {{name: single, metric: loss, max_time: 30}}
+        """,
+    )
+    config = load_config(path)
+    exp_id = client.submit(conn, config)
+    journal = Journal(conn.journal_url)
+    deadline = time.monotonic() + 120
+    while not any(t.status == "RUNNING" for t in journal.list_trials(exp_id)):
+        assert time.monotonic() < deadline, "the trial never started"
+        time.sleep(0.2)
+    (trial,) = journal.list_trials(exp_id)
+    stats = {"system/rank0/gpu0/utilization_pct": 87.0, "system/rank0/gpu0/memory_used_mb": 512.0}
+    ray.get(conn.scheduler.on_reports.remote(trial.id, [Report("system", 2, 2.0, stats)]))
+    summary = client.follow(conn, exp_id, poll_s=0.5)
+    assert summary["status"] == "COMPLETED", summary
+    (trial,) = journal.list_trials(exp_id)
+    assert trial.last_step == 30, "the statistics did not stop or confuse the trial"
+    mc = mlflow.MlflowClient(tracking_uri=default_tracking_uri(config.storage))
+    run_id = journal.get_trial(trial.id).mlflow_run_id
+    history = mc.get_metric_history(run_id, "system/rank0/gpu0/utilization_pct")
+    assert [(m.step, m.value) for m in history] == [(2, 87.0)]
+    assert [m.value for m in mc.get_metric_history(run_id, "loss")][-1] == pytest.approx(1 / 30)

@@ -175,6 +175,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path, monkeypatch: pytest.M
     assert cfg.storage == str(tmp_path / "home" / ".resolute" / "storage")
     assert cfg.seed is None
     assert cfg.tracking == TrackingConfig(mlflow_uri=None, tensorboard=True)
+    assert cfg.tracking.gpu_stats_interval_s == 30.0
     assert cfg.environment == EnvironmentConfig(pip=(), env_vars={}, excludes=())
 
 

@@ -69,3 +69,27 @@ def test_a_gpu_actor_reads_the_stats_of_the_gpu_ray_gave_it(ray_local):
         "GPU-"
     )
     assert float(sample["used"]) > 4  # at least the 4 MiB tensor
+
+
+@pytest.mark.skipif(_gpus() == 0, reason="needs an NVIDIA GPU")
+def test_each_rank_sends_the_statistics_of_its_gpu(sink, make_spec, pool_factory):
+    ranks = min(2, _gpus())
+    spec = make_spec(
+        entrypoint="fns:count_steps",
+        hparams={"steps": 3, "step_s": 1.0},
+        gpus_per_slot=1.0,
+        gpu_stats_interval_s=0.2,
+    )
+
+    async def main():
+        group = WorkerGroup(spec=spec, sink=sink, pool=pool_factory(), max_workers=ranks)
+        await group.start(ranks)
+        outcome = await asyncio.wait_for(group.wait(), 180)
+        await group.shutdown()
+        return outcome, await sink.get.remote(spec.trial_id, "system")
+
+    outcome, system = asyncio.run(main())
+    assert outcome.status == "completed", outcome
+    names = {name for report in system for name in report.metrics}
+    for rank in range(ranks):
+        assert f"system/rank{rank}/gpu0/memory_used_mb" in names, sorted(names)

@@ -256,3 +256,24 @@ def test_idle_workers_beyond_the_cap_are_released(sink, make_spec, pool_factory)
     outcome, idle = asyncio.run(main())
     assert outcome.status == "completed"
     assert idle == 1
+
+
+def test_gpu_statistics_on_a_cpu_slot_send_nothing_and_harm_nothing(sink, make_spec, pool_factory):
+    # No GPU here: each rank's sampler finds none, starts no thread, and the run is as usual.
+    spec = make_spec(hparams={"steps": 3, "step_s": 0.3}, gpu_stats_interval_s=0.05)
+
+    async def main():
+        group = WorkerGroup(spec=spec, sink=sink, pool=pool_factory(), max_workers=2)
+        await group.start(2)
+        outcome = await asyncio.wait_for(group.wait(), 60)
+        await group.shutdown()
+        return (
+            outcome,
+            await _reports(sink, spec.trial_id),
+            await _reports(sink, spec.trial_id, "system"),
+        )
+
+    outcome, reports, system = asyncio.run(main())
+    assert outcome.status == "completed", outcome
+    assert [r.step for r in reports] == [1, 2, 3]
+    assert system == []

@@ -4,6 +4,7 @@ trials' ``context_dir``). Plain ``train(ctx)`` functions, as a user would write 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ def count_steps(ctx):
         start = int(ckpt["step"])
         ctx.log.info("resumed from step %d", start)
     for step in range(start + 1, int(ctx.hparams.get("steps", 10)) + 1):
+        time.sleep(float(ctx.hparams.get("step_s", 0.0)))
         ctx.report(step, {"loss": 1.0 / step, "world_size": float(ctx.world_size)})
         if ctx.should_stop():
             ctx.save_checkpoint({"step": step})
@@ -160,8 +162,6 @@ def gpu_probe(ctx):
 def slow_to_stop(ctx):
     """Like ``count_steps``, but lingers ``hparams['linger_s']`` seconds after a stop request
     before it returns (user code that finishes a long step first)."""
-    import time
-
     for step in range(1, int(ctx.hparams.get("steps", 10)) + 1):
         ctx.report(step, {"loss": 1.0 / step})
         if ctx.should_stop():
