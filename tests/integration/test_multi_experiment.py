@@ -15,10 +15,13 @@ import yaml
 from resolute.config import parse_config
 from resolute.runtime import client
 from resolute.runtime.journal import Journal
-from resolute.runtime.scheduler import NAMESPACE, Scheduler
+from resolute.runtime.scheduler import NAMESPACE
 from resolute.runtime.storage import default_tracking_uri
 
+from .helpers import start_scheduler, wait_until
+
 USERFNS = Path(__file__).parent / "userfns"
+
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +41,7 @@ def cluster(tmp_path):
 
 def connect(cluster, tmp_path: Path, **options) -> client.Connection:
     ray.init(address=cluster.address, namespace=NAMESPACE)
-    journal_url = f"sqlite:///{tmp_path / 'resolute.db'}"
-    scheduler = Scheduler.options(name="scheduler", namespace=NAMESPACE).remote(
-        journal_url, **options
-    )
-    conn = client.Connection(scheduler=scheduler, embedded=False, address=cluster.address)
-    conn.journal_url = journal_url  # type: ignore[attr-defined]
-    return conn
+    return start_scheduler(tmp_path, address=cluster.address, name="scheduler", **options)
 
 
 def config(tmp_path: Path, name: str, *, searcher: dict, resources: dict, fn: str = "train"):
@@ -60,16 +57,6 @@ def config(tmp_path: Path, name: str, *, searcher: dict, resources: dict, fn: st
         "max_restarts": 0,
     }
     return parse_config(yaml.safe_load(yaml.safe_dump(data)), context_dir=tmp_path)
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_priority_shrinks_first_then_preempts_and_low_resumes(cluster, tmp_path):

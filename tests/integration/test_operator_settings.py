@@ -3,11 +3,9 @@ take effect, kept across pause and activate, shown by the CLI from the journal."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from click.testing import CliRunner
 
@@ -16,32 +14,20 @@ from resolute.config import parse_config
 from resolute.errors import SchedulerError
 from resolute.runtime import client
 from resolute.runtime.journal import Journal
-from resolute.runtime.scheduler import NAMESPACE, Scheduler
+
+from .helpers import start_scheduler, stop_scheduler, wait_until
 
 USERFNS = Path(__file__).parent / "userfns"
+
 
 pytestmark = pytest.mark.integration
 
 
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.fixture
 def conn(ray_local, tmp_path):
-    journal_url = f"sqlite:///{tmp_path / 'resolute.db'}"
-    scheduler = Scheduler.options(namespace=NAMESPACE).remote(journal_url)
-    connection = client.Connection(scheduler=scheduler, embedded=False, address=None)
-    connection.journal_url = journal_url  # type: ignore[attr-defined]
+    connection = start_scheduler(tmp_path)
     yield connection
-    ray.get(scheduler.shutdown.remote(), timeout=120)
-    ray.kill(scheduler)
+    stop_scheduler(connection)
 
 
 def test_settings_are_journaled_kept_across_pause_and_shown(conn, tmp_path, monkeypatch):

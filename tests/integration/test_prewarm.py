@@ -6,28 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from resolute.config import parse_config
 from resolute.runtime import client
-from resolute.runtime.scheduler import NAMESPACE, Scheduler
+
+from .helpers import start_scheduler, stop_scheduler
 
 USERFNS = Path(__file__).parent / "userfns"
+
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def conn(ray_local, tmp_path):
-    scheduler = Scheduler.options(namespace=NAMESPACE).remote(
-        f"sqlite:///{tmp_path / 'resolute.db'}"
-    )
     # Embedded: the workers share this disk, so no package is uploaded; workers started with
     # an uploaded package are not started ahead (see resolute/runtime/prewarm.py).
-    yield client.Connection(scheduler=scheduler, embedded=True, address=None)
-    ray.get(scheduler.shutdown.remote(), timeout=120)
-    ray.kill(scheduler)
+    connection = start_scheduler(tmp_path, embedded=True)
+    yield connection
+    stop_scheduler(connection)
 
 
 def experiment(tmp_path: Path, *, reuse: bool):
