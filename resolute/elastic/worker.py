@@ -83,13 +83,20 @@ class TrialWorker:
             "cache_size": len(self._cache),
         }
 
-    def preload(self, backend: str) -> None:
+    def preload(self, backend: str, sink: Any = None) -> None:
         """Import ``backend`` (e.g. ``torch``) ahead of any trial: a worker started for the
-        first trials does it while the experiment's searcher is still starting."""
+        first trials does it while the experiment's searcher is still starting. ``sink``,
+        the handle trials will report to, is only received: unpickling a handle to the
+        scheduler imports the scheduler's module (~0.7 s), better here than in a trial's
+        start. The trial's storage layer (pyarrow) is imported too, and the heap frozen, so
+        that the first trial's ``warm`` has little left to collect."""
         loaded = make_backend(backend)
         preload = getattr(loaded, "preload", None)
         if callable(preload):
             preload()
+        import resolute.runtime.storage  # noqa: F401 - what TrialRun opens first
+
+        self._freeze_heap()
 
     def warm(self, spec: TrialSpec, after: str | None = None, *, joining: bool = False) -> None:
         """Import the entrypoint (failing fast with ``EntrypointError``) and run the module's
@@ -115,10 +122,7 @@ class TrialWorker:
         # collection during a re-formation (or user code's) scans the trial's objects only.
         # Once per new import: on a reused worker with nothing new, a collection would only
         # delay the next trial's start.
-        if len(sys.modules) != self._frozen_at:
-            gc.collect()
-            gc.freeze()
-            self._frozen_at = len(sys.modules)
+        self._freeze_heap()
 
     def start_single(
         self, spec: TrialSpec, world: WorldInfo, sink: Any, after: str | None = None
@@ -130,6 +134,12 @@ class TrialWorker:
         run = self._require_run(spec.run_key)
         info = run.backend.rendezvous_info(world_size=1, generation=world.generation)
         self.launch(spec.run_key, replace(world, rendezvous=info), spec.until)
+
+    def _freeze_heap(self) -> None:
+        if len(sys.modules) != self._frozen_at:
+            gc.collect()
+            gc.freeze()
+            self._frozen_at = len(sys.modules)
 
     def rendezvous_info(self, key: str, *, world_size: int, generation: int) -> dict[str, Any]:
         run = self._require_run(key)

@@ -5,8 +5,9 @@ imports of resolute and the trial's code: seconds each, several at once on a bus
 The searcher actor's own start takes seconds too, before it can name a single trial. Both
 can run at once: at submit the scheduler asks the pool for the workers the first trials
 will need, of their shape, has them import the training backend (``import torch``, seconds
-of CPU), and gives them straight back, warm and idle; the trials that ``begin()`` creates
-moments later take them from the pool.
+of CPU) and take in the scheduler's handle (the trials' report sink: unpickling it imports
+the scheduler's module, ~0.7 s of CPU), and gives them straight back, warm and idle; the
+trials that ``begin()`` creates moments later take them from the pool.
 
 Only what fits now is asked for (free slots of that shape, the experiment's own caps, the
 pool's idle limit), with a short placement timeout, so a busy or autoscaling cluster is
@@ -46,7 +47,13 @@ def slots_free(free: dict[str, float], slot: dict[str, float]) -> int:
 
 
 def start_prewarm(
-    pool: WorkerPool, shape: Shape, *, wanted: int, free_slots: int, backend: str = "torch"
+    pool: WorkerPool,
+    shape: Shape,
+    *,
+    wanted: int,
+    free_slots: int,
+    backend: str = "torch",
+    sink: Any = None,
 ) -> asyncio.Task[None] | None:
     """Start the workers of ``shape`` that ``wanted`` asks for beyond the pool's idle ones
     (within ``free_slots`` and the pool's idle limit) in the background, with ``backend``
@@ -54,17 +61,17 @@ def start_prewarm(
     n = min(wanted - pool.idle_count(shape), free_slots, pool.max_idle - pool.idle_count())
     if n <= 0:
         return None
-    return asyncio.get_running_loop().create_task(_prewarm(pool, shape, n, backend))
+    return asyncio.get_running_loop().create_task(_prewarm(pool, shape, n, backend, sink))
 
 
-async def _prewarm(pool: WorkerPool, shape: Shape, n: int, backend: str) -> None:
+async def _prewarm(pool: WorkerPool, shape: Shape, n: int, backend: str, sink: Any) -> None:
     try:
         workers = await pool.acquire(shape=shape, n=n, timeout_s=PLACEMENT_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - the trials start their own workers instead
         log.info("no warm workers ahead of the first trials (%s)", exc)
         return
     try:
-        await asyncio.gather(*(w.handle.preload.remote(backend) for w in workers))
+        await asyncio.gather(*(w.handle.preload.remote(backend, sink) for w in workers))
     except Exception as exc:  # noqa: BLE001 - the trial's own warm-up reports it properly
         log.info("warm workers could not import the %s backend ahead (%s)", backend, exc)
     await pool.release(workers, reuse=True)
@@ -74,8 +81,9 @@ async def _prewarm(pool: WorkerPool, shape: Shape, n: int, backend: str) -> None
 class Prewarm:
     """The scheduler's prewarming: started per experiment, awaited by its trials' groups."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, *, sink: Any = None) -> None:
         self._pool = pool
+        self._sink = sink
         self._tasks: dict[Shape, asyncio.Task[None]] = {}
 
     def start(self, exp: Any) -> None:
@@ -98,6 +106,7 @@ class Prewarm:
                 wanted=first_workers(exp.config),
                 free_slots=slots_free(ray.available_resources(), slot_shape(exp)),
                 backend=exp.config.resources.backend,
+                sink=self._sink,
             )
         except Exception:  # an optimisation only: the trials start their own workers
             log.exception("experiment %s: could not start workers ahead of time", exp.id)

@@ -77,7 +77,7 @@ class SchedulerCore:
 
         self.journal = Journal(journal_url)
         self.pool = WorkerPool()
-        self.prewarm = Prewarm(self.pool)
+        self.prewarm = Prewarm(self.pool, sink=self_handle)
         self.view = ClusterView(max_pending_bundles=max(autoscale_cap, 1))
         self.cluster = self.view if autoscale else None
         self._self = self_handle
