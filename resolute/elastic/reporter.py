@@ -62,10 +62,10 @@ class SinkReporter:
         self._buffer: list[Report] = []
         self._buffer_lock = threading.Lock()
         self._send_lock = threading.Lock()  # one batch in flight, so batches stay in order
-        self._in_flight: tuple[Any, list[Report]] | None = None  # sent, not yet acknowledged
-        # The control's answer count when a decision point was sent without waiting: an
-        # answer after it means the control plane has taken that batch in.
-        self._asked_at: int | None = None
+        # The batch sent and not yet acknowledged: (ref, batch, asked_at), asked_at being the
+        # control's answer count when it went as a decision point (None: an ordinary flush).
+        # An answer after it means the control plane has taken that batch in.
+        self._in_flight: tuple[Any, list[Report], int | None] | None = None
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_step: int | None = None
@@ -114,9 +114,7 @@ class SinkReporter:
         self.last_step = int(step)
         self._note_decision_point(t, clean)
         if self._spec.metric in clean and t >= self._control.target:
-            asked_at = self._control.answers
-            self.flush(wait=False)
-            self._asked_at = asked_at
+            self.flush(asked_at=self._control.answers)
             self._control.wait_at_target(t)
 
     def hold(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -184,9 +182,10 @@ class SinkReporter:
             self._buffer.append(report)
         self._ensure_flusher()
 
-    def flush(self, *, wait: bool = True) -> None:
-        """Send what is buffered. ``wait``: until the control plane has accepted it; else
-        return once it is sent (the next flush waits for it)."""
+    def flush(self, *, asked_at: int | None = None) -> None:
+        """Send what is buffered and wait until the control plane has accepted it; with
+        ``asked_at`` (a decision point: the control's answer count now), return once it is
+        sent and let the next flush collect the acknowledgement."""
         with self._send_lock:
             self._settle()
             with self._buffer_lock:
@@ -198,9 +197,8 @@ class SinkReporter:
             except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
                 self._undelivered(batch, exc)
                 return
-            self._in_flight = (ref, batch)
-            self._asked_at = None
-            if wait:
+            self._in_flight = (ref, batch, asked_at)
+            if asked_at is None:
                 self._settle()
 
     def _settle(self) -> None:
@@ -209,9 +207,8 @@ class SinkReporter:
             return
         import ray
 
-        ref, batch = self._in_flight
+        ref, batch, _ = self._in_flight
         self._in_flight = None
-        self._asked_at = None
         try:
             ray.get(ref, timeout=SINK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the trial goes on; the log says why
@@ -241,8 +238,8 @@ class SinkReporter:
         with self._send_lock:
             with self._buffer_lock:
                 empty = not self._buffer
-            asked_at = self._asked_at
+            asked_at = self._in_flight[2] if self._in_flight is not None else None
             if empty and asked_at is not None and self._control.answers > asked_at:
-                self._in_flight = self._asked_at = None
+                self._in_flight = None
                 return
         self.flush()

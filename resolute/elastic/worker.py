@@ -44,6 +44,13 @@ class WorkerBusy(RuntimeError):
     """The run a successor was to follow did not end in time; the worker is still its."""
 
 
+def _import_backend(name: str) -> None:
+    """Import the backend ``name`` and what its ``preload`` names (Horovod's library)."""
+    preload = getattr(make_backend(name), "preload", None)
+    if callable(preload):
+        preload()
+
+
 def _import_lazy_torch_modules() -> None:
     """Import what torch imports on first use: ``torch._dynamo`` is imported by the first
     optimizer built or (de)serialised (seconds). A rank joining a running group does that
@@ -90,10 +97,7 @@ class TrialWorker:
         scheduler imports the scheduler's module (~0.7 s), better here than in a trial's
         start. The trial's storage layer (pyarrow) is imported too, and the heap frozen, so
         that the first trial's ``warm`` has little left to collect."""
-        loaded = make_backend(backend)
-        preload = getattr(loaded, "preload", None)
-        if callable(preload):
-            preload()
+        _import_backend(backend)
         import resolute.runtime.storage  # noqa: F401 - what TrialRun opens first
 
         self._freeze_heap()
@@ -109,10 +113,7 @@ class TrialWorker:
         A trial's first ranks start together and pay that in their own first step."""
         self._succeed(after)
         fn, module = load_entrypoint(spec.entrypoint, spec.context_dir)
-        backend = make_backend(spec.backend)  # imports torch now, not after the group pauses
-        preload = getattr(backend, "preload", None)
-        if callable(preload):
-            preload()
+        _import_backend(spec.backend)  # imports torch now, not after the group pauses
         if joining:
             _import_lazy_torch_modules()
         hook = getattr(module, "warmup", None)

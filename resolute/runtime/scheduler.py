@@ -132,10 +132,9 @@ class SchedulerCore:
 
     def allocation_round(self) -> int:
         live = [e for e in self.experiments.values() if not e.finished.is_set()]
-        nodes = self._nodes()
         result, trials, owners = plan_round(
             experiments=live,
-            nodes=nodes,
+            nodes=self._nodes(),
             cooldown_s=self.cooldown_s,
             headroom_cap=self.autoscale_cap,
         )

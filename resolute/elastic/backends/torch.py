@@ -275,4 +275,3 @@ def _dig() -> None:
     while True:
         box = _graveyard.get()
         box.clear()  # the process group's destructor runs here
-        del box
