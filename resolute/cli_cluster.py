@@ -77,14 +77,29 @@ def _find_scheduler() -> Any | None:
     help="Where the scheduler keeps its journal, as an SQLAlchemy URL (default: "
     "RESOLUTE_JOURNAL_URL, else ~/.resolute/resolute.db, both as seen on the head node).",
 )
-def up(address: str | None, journal_url: str | None) -> None:
+@click.option(
+    "--resize-cooldown",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a trial waits after a resize before it is grown again (anti-thrash; "
+    "default: RESOLUTE_RESIZE_COOLDOWN_S, else 10). Lent slots go back to a queued "
+    "trial at once whatever this is.",
+)
+def up(address: str | None, journal_url: str | None, resize_cooldown: float | None) -> None:
     """Start the resolute scheduler on the cluster (detached, on the head node) and return."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from resolute.errors import SchedulerError
     from resolute.runtime.cluster import head_node_id
-    from resolute.runtime.scheduler import NAMESPACE, SCHEDULER_NAME, Scheduler
+    from resolute.runtime.scheduler import NAMESPACE, SCHEDULER_NAME, Scheduler, resize_cooldown_s
 
+    if resize_cooldown is None:
+        try:
+            resize_cooldown = resize_cooldown_s()
+        except SchedulerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     with _connected(address) as resolved:
         existing = _find_scheduler()
         if existing is not None:
@@ -100,7 +115,9 @@ def up(address: str | None, journal_url: str | None) -> None:
         if head is not None:
             # Worker nodes come and go with the autoscaler; the control plane must not.
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
-        scheduler = Scheduler.options(**options).remote(journal_url)  # type: ignore[attr-defined]
+        scheduler = Scheduler.options(**options).remote(  # type: ignore[attr-defined]
+            journal_url, cooldown_s=resize_cooldown
+        )
         try:
             ray.get(scheduler.list.remote(), timeout=READY_TIMEOUT_S)
         except Exception as exc:
@@ -148,6 +165,9 @@ def _snapshot() -> dict[str, Any]:
         data["scheduler"] = "running (too old to report experiments)"
         return data
     data["scheduler"] = "running"
+    cooldown = reported.get("resize_cooldown_s")
+    if cooldown is not None:
+        data["scheduler"] = f"running (resize cool-down {_num(float(cooldown))} s)"
     data["experiments"] = list(reported.get("experiments") or [])
     data["pending_requests"] = list(reported.get("pending_requests") or [])
     return data

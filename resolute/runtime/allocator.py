@@ -116,6 +116,7 @@ def plan_round(
                     placement=placement,
                     order=tr.queued_seq,
                     last_resize=tr.last_resize,
+                    last_grew=tr.last_grew,
                 )
             )
         specs.append(

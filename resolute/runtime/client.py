@@ -38,10 +38,12 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
         SCHEDULER_NAME,
         Scheduler,
         default_journal_url,
+        resize_cooldown_s,
     )
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     embedded = address is None
+    cooldown_s = resize_cooldown_s()  # this shell's setting, checked before anything starts
     if not ray.is_initialized():
         if embedded:
             ray.init(
@@ -66,7 +68,9 @@ def connect(address: str | None = None, *, journal_url: str | None = None) -> Co
             if head is not None:
                 # Worker nodes come and go with the autoscaler; the control plane must not.
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
-        scheduler = Scheduler.options(**options).remote(journal_url or default_journal_url())
+        scheduler = Scheduler.options(**options).remote(
+            journal_url or default_journal_url(), cooldown_s=cooldown_s
+        )
     return Connection(scheduler=scheduler, embedded=embedded, address=address)
 
 

@@ -18,8 +18,11 @@ The rules, in the order they apply:
    trials up to their ``max``, tier by tier, by the same weighted fair share. Lent slots are
    the first to go: a higher tier's minimum is computed before any lending, so it takes lent
    slots back (the lender shrinks toward its min) before it preempts a whole trial.
-4. **Anti-thrash.** A running trial resized less than ``cooldown_s`` ago keeps its size when
-   that still fits and no rule above forces it lower.
+4. **Anti-thrash.** Within ``cooldown_s`` of a resize a running trial is not resized back
+   and forth: after a shrink it is not grown, and it keeps the ranks it has beyond its
+   minimum where they are still free once every minimum is placed (a queued trial's minimum
+   takes them back, another lender's share does not). A trial that just grew may grow
+   again: in a search's tail slots free up one by one, and each goes to work at once.
 5. ``max_slots`` caps an experiment's total. Slots an experiment holds that the policy may
    not move (``reserved``: groups starting or winding down) count toward its share and cap;
    the caller takes their capacity off the nodes.
@@ -59,6 +62,7 @@ class TrialDemand:
     placement: Mapping[str, int] = field(default_factory=dict)  # node -> ranks (running)
     order: int = 0  # FIFO order among equals (smaller = older)
     last_resize: float | None = None  # when its size last changed (policy clock units)
+    last_grew: bool = False  # whether that change was a grow
 
     @property
     def running(self) -> bool:
@@ -215,26 +219,30 @@ def allocate(
                 key=lambda t: (share(t.experiment_id), not t.running, t.order, t.trial_id),
             )
             waiting.remove(pick)
-            want = pick.min_slots
-            if cooling(pick):
-                want = max(want, min(pick.size, pick.max_slots))
             if cap_left(pick) < pick.min_slots:
                 continue
-            want = min(want, cap_left(pick))
-            plan = _place(cluster, pick, want, pick.placement)
-            if plan is None and want > pick.min_slots:
-                # Cooling down but squeezed: keep as many of its ranks as still fit.
-                plan = _place(cluster, pick, pick.min_slots, pick.placement)
-                while plan is not None and sum(plan.values()) < want:
-                    keep = {n: k - plan.get(n, 0) for n, k in pick.placement.items()}
-                    extra = _place(cluster, pick, 1, {n: k for n, k in keep.items() if k > 0})
-                    if extra is None:
-                        break
-                    for node, k in extra.items():
-                        plan[node] = plan.get(node, 0) + k
+            plan = _place(cluster, pick, pick.min_slots, pick.placement)
             if plan is not None:
                 plans[pick.trial_id] = plan
                 used[pick.experiment_id] += sum(plan.values())
+
+    # Anti-thrash: a trial resized within the cool-down keeps the ranks it has beyond its
+    # minimum where they are still free once every minimum is placed (a queued trial's
+    # minimum takes lent slots back; other lenders' fair share does not).
+    for tier in tiers:
+        for pick in sorted(by_tier[tier], key=lambda t: (t.order, t.trial_id)):
+            if pick.trial_id not in plans or not cooling(pick):
+                continue
+            plan = plans[pick.trial_id]
+            want = min(pick.size, pick.max_slots, sum(plan.values()) + max(cap_left(pick), 0))
+            while sum(plan.values()) < want:
+                keep = {n: k - plan.get(n, 0) for n, k in pick.placement.items()}
+                extra = _place(cluster, pick, 1, {n: k for n, k in keep.items() if k > 0})
+                if extra is None:
+                    break
+                for node, k in extra.items():
+                    plan[node] = plan.get(node, 0) + k
+                used[pick.experiment_id] += 1
 
     # Lending: leftover capacity to placed elastic trials, one slot at a time, fair share.
     for tier in tiers:
@@ -243,7 +251,7 @@ def allocate(
             for t in by_tier[tier]
             if t.trial_id in plans
             and t.max_slots > sum(plans[t.trial_id].values())
-            and not cooling(t)
+            and not (cooling(t) and not t.last_grew)
         ]
         while growers:
             pick = min(

@@ -33,7 +33,8 @@ class TrialRunning:
         tr.seen.clear()
         self._account()
         tr.slots = n  # counted as used while its group starts
-        tr.last_resize = time.monotonic()
+        # A start is not a resize: a trial that started small grows as soon as slots idle.
+        tr.last_resize = None
         self._spawn(self._run_trial(tr, n))
 
     def preempt(self: ExperimentRun, tr: TrialRun) -> None:
@@ -83,7 +84,7 @@ class TrialRunning:
             tr.resizing = False
         if done:
             self._account()
-            tr.slots, tr.last_resize = n, time.monotonic()
+            tr.slots, tr.last_resize, tr.last_grew = n, time.monotonic(), n > before
             self._decision(tr, f"resized {before} -> {n}")
         elif tr.group is group:
             self._account()

@@ -43,6 +43,7 @@ SCHEDULER_NAME = "scheduler"
 ROUND_INTERVAL_S = 2.0  # safety-net allocation round (nodes joining/leaving are seen here)
 NODES_MAX_AGE_S = 0.5  # how stale the node list an allocation round uses may be
 SWITCH_INTERVAL_S = 0.001  # the scheduler process's GIL switch interval (see Scheduler)
+DEFAULT_RESIZE_COOLDOWN_S = 10.0
 
 log = logging.getLogger("resolute.scheduler")
 
@@ -50,6 +51,24 @@ log = logging.getLogger("resolute.scheduler")
 def resolute_home() -> Path:
     """Where the control plane keeps its journal (``RESOLUTE_HOME``, default ~/.resolute)."""
     return Path(os.environ.get("RESOLUTE_HOME", "~/.resolute")).expanduser().resolve()
+
+
+def resize_cooldown_s() -> float:
+    """The anti-thrash cool-down (``RESOLUTE_RESIZE_COOLDOWN_S``, seconds): a trial is not
+    grown again, nor rebalanced among lenders, sooner than this after its last resize."""
+    raw = os.environ.get("RESOLUTE_RESIZE_COOLDOWN_S")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_RESIZE_COOLDOWN_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise SchedulerError(
+            f"RESOLUTE_RESIZE_COOLDOWN_S={raw!r} is not a number of seconds >= 0: "
+            "set it to e.g. 10, or unset it for the default"
+        )
+    return value
 
 
 def default_journal_url() -> str:
@@ -69,7 +88,7 @@ class SchedulerCore:
         *,
         journal_url: str,
         self_handle: Any,
-        cooldown_s: float = 10.0,
+        cooldown_s: float | None = None,
         autoscale: bool = True,
         autoscale_cap: int = 16,
     ) -> None:
@@ -81,7 +100,7 @@ class SchedulerCore:
         self.view = ClusterView(max_pending_bundles=max(autoscale_cap, 1))
         self.cluster = self.view if autoscale else None
         self._self = self_handle
-        self.cooldown_s = cooldown_s
+        self.cooldown_s = resize_cooldown_s() if cooldown_s is None else float(cooldown_s)
         self.autoscale_cap = autoscale_cap
         self.experiments: dict[int, ExperimentRun] = {}
         self.trial_owner: dict[int, ExperimentRun] = {}
@@ -334,6 +353,7 @@ class SchedulerCore:
                 if not e.finished.is_set() or e.status == ExperimentStatus.PAUSED
             ],
             "pending_requests": self.cluster.pending() if self.cluster is not None else [],
+            "resize_cooldown_s": self.cooldown_s,
             "workers": {
                 "created": self.pool.created,
                 "reused": self.pool.reused,

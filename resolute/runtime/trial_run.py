@@ -44,7 +44,8 @@ class TrialRun:
     slots: int = 0  # slots it holds (running, starting, or winding down)
     resizing: bool = False
     resizable: bool = True  # False once its user code turned a resize down (no elastic state)
-    last_resize: float | None = None  # monotonic time of its last start or resize
+    last_resize: float | None = None  # monotonic time of its last resize in place
+    last_grew: bool = False  # whether that resize was a grow
     history: list[str] = field(default_factory=list)
     metric_at: dict[int, float] = field(default_factory=dict)  # step -> searcher metric
     unlabelled: tuple[str, int] | None = None  # (uri, step) of a checkpoint with no metric yet

@@ -136,6 +136,22 @@ def test_preview_search_bad_config_exits_2() -> None:
     assert "searcher.max_time (line 9): max_time (3) is smaller than divisor (4)" in result.stderr
 
 
+def test_cluster_up_rejects_a_bad_cooldown_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESOLUTE_RESIZE_COOLDOWN_S", "soon")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # never reached: the check comes first
+    result = run("cluster", "up")
+    assert result.exit_code == 2
+    assert "RESOLUTE_RESIZE_COOLDOWN_S='soon' is not a number of seconds >= 0" in result.stderr
+
+
+def test_cluster_up_rejects_a_negative_cooldown_option() -> None:
+    result = run("cluster", "up", "--resize-cooldown", "-1")
+    assert result.exit_code == 2
+    assert "--resize-cooldown" in result.stderr
+
+
 def test_groups_are_open_for_more_verbs() -> None:
     assert "validate" in cli.experiment.commands
     assert isinstance(cli.trial, click.Group)

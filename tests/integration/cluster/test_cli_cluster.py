@@ -139,7 +139,7 @@ def test_up_status_down_on_a_real_head(
     env.pop("RAY_AUTH_MODE", None)
     journal = f"sqlite:///{tmp_path / 'journal.db'}"
 
-    up = run_cli(cluster, "up", "--journal-url", journal, env=env)
+    up = run_cli(cluster, "up", "--journal-url", journal, "--resize-cooldown", "2.5", env=env)
     assert up.returncode == 0, up.stderr
     assert f"resolute scheduler running on {cluster.address}" in up.stdout
     again = run_cli(cluster, "up", env=env)
@@ -153,7 +153,7 @@ def test_up_status_down_on_a_real_head(
     assert f"cluster at {cluster.address}: 1 node(s) alive, 1 CPU slot(s), 0 in use" in (
         status.stdout
     )
-    assert "scheduler: running" in status.stdout
+    assert "scheduler: running (resize cool-down 2.5 s)" in status.stdout
     assert "experiments: none" in status.stdout
 
     down = run_cli(cluster, "down", env=env)

@@ -25,7 +25,7 @@ def nodes(*sizes: int, gpu: bool = False) -> list[NodeSpec]:
     return out
 
 
-def trial(tid, exp, lo=1, hi=None, placement=None, order=0, slot=CPU, last_resize=None):
+def trial(tid, exp, lo=1, hi=None, placement=None, order=0, slot=CPU, last_resize=None, grew=False):
     return TrialDemand(
         trial_id=tid,
         experiment_id=exp,
@@ -35,6 +35,7 @@ def trial(tid, exp, lo=1, hi=None, placement=None, order=0, slot=CPU, last_resiz
         placement=placement or {},
         order=order if order else tid,
         last_resize=last_resize,
+        last_grew=grew,
     )
 
 
@@ -161,6 +162,14 @@ def test_cooldown_holds_size_then_releases():
     assert later[1].change == Change.GROW and later[1].size == 4
 
 
+def test_cooldown_lets_a_trial_that_just_grew_grow_again():
+    # A search's tail frees slots one by one: each goes to the running trial at once.
+    grown = trial(1, 1, 1, 4, placement={"n0": 2}, last_resize=100.0, grew=True)
+    exps = [ExperimentSpec(1)]
+    result = allocate(nodes=nodes(4), experiments=exps, trials=[grown], now=101.0, cooldown_s=30)
+    assert result[1].change == Change.GROW and result[1].size == 4
+
+
 def test_cooldown_does_not_block_a_higher_priority_minimum():
     exps = [ExperimentSpec(1, priority=50), ExperimentSpec(2, priority=1)]
     low = trial(1, 1, 1, 4, placement={"n0": 4}, last_resize=100.0)
@@ -170,6 +179,35 @@ def test_cooldown_does_not_block_a_higher_priority_minimum():
     )
     assert result[2].size == 2
     assert result[1].size == 2 and result[1].change == Change.SHRINK
+
+
+def test_cooldown_gives_lent_slots_back_to_a_queued_trial_of_its_own_experiment():
+    # The tail of a search lent a trial every slot; the search then creates a trial (or a
+    # paused one resumes): its minimum takes a lent slot back at once, cool-down or not.
+    exps = [ExperimentSpec(1)]
+    lender = trial(1, 1, 1, 4, placement={"n0": 4}, last_resize=100.0)
+    queued = trial(2, 1, 1, 1)
+    result = allocate(
+        nodes=nodes(4), experiments=exps, trials=[lender, queued], now=101.0, cooldown_s=60
+    )
+    assert result[2].change == Change.START and result[2].size == 1
+    assert result[1].change == Change.SHRINK and result[1].size == 3
+
+
+def test_cooldown_keeps_lent_slots_against_another_lenders_share():
+    # Without the cool-down fair share would even them out at 2 and 2.
+    exps = [ExperimentSpec(1)]
+    cooling = trial(1, 1, 1, 4, placement={"n0": 3}, last_resize=100.0)
+    other = trial(2, 1, 1, 4, placement={"n0": 1}, last_resize=0.0)
+    held = allocate(
+        nodes=nodes(4), experiments=exps, trials=[cooling, other], now=101.0, cooldown_s=60
+    )
+    assert (held[1].size, held[1].change) == (3, Change.KEEP)
+    assert (held[2].size, held[2].change) == (1, Change.KEEP)
+    later = allocate(
+        nodes=nodes(4), experiments=exps, trials=[cooling, other], now=200.0, cooldown_s=60
+    )
+    assert (later[1].size, later[2].size) == (2, 2)
 
 
 def test_gpu_slots_need_gpus():
