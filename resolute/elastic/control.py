@@ -49,6 +49,7 @@ class WorkerStatus:
     rank: int = -1
     elastic: bool = False  # user code runs inside ElasticState.run, so it can re-form
     commits: int = 0  # ElasticState commits so far (the group picks the newest as rank 0)
+    lazy_imports: bool = False  # its user code made torch import torch._dynamo (see warm)
     step: int = 0  # ElasticState step at the last commit
     last_step: int | None = None  # last step reported by this rank as chief
     checkpoint_uri: str | None = None  # latest durable checkpoint written by this worker

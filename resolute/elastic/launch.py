@@ -136,7 +136,10 @@ class Launcher:
 
     async def _warm(self, workers: list[PooledWorker], *, joining: bool = False) -> None:
         """``joining``: the workers will join a running group (a grow or refill), which
-        pauses for them: they import everything user code may import later now."""
+        pauses for them: they import now what the running ranks' user code made torch
+        import lazily (``torch._dynamo``, seconds), and only if it did: a newcomer runs the
+        same code, and an import it will never need only keeps its slot idle longer."""
+        joining = joining and any(m.status.lazy_imports for m in self._members)
         await self._starting(
             asyncio.gather(
                 *(w.handle.warm.remote(self.spec, w.after, joining=joining) for w in workers)

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +58,10 @@ def open_storage(spec: TrialSpec) -> Any:
     return ExperimentStorage(root=spec.storage_root, experiment_id=spec.experiment_id)
 
 
+# What torch imports on first use (the first optimizer built or loaded: seconds of imports).
+LAZY_TORCH_MODULE = "torch._dynamo"
+
+
 class _RankFilter(logging.Filter):
     def __init__(self, ctx_world: Callable[[], int]) -> None:
         super().__init__()
@@ -74,6 +79,7 @@ class Membership:
         self._run = run
         self._was_chief = True
         self._delivered = 0
+        self._lazy_seen = False
 
     @property
     def generation(self) -> int:
@@ -93,6 +99,10 @@ class Membership:
     def on_commit(self, *, commits: int, step: int) -> None:
         self._run.control.note_commit(commits=commits, step=step)
         self._run.mark_once("first_commit")
+        if not self._lazy_seen and LAZY_TORCH_MODULE in sys.modules:
+            # A rank joining this group imports it while it warms (see TrialWorker.warm).
+            self._lazy_seen = True
+            self._run.control.update(lazy_imports=True)
 
     def delivered_step(self) -> int:
         return self._run.reporter.delivered_step

@@ -134,6 +134,40 @@ def test_grow_and_shrink_in_place_keep_every_step_once(sink, make_spec, pool_fac
     assert_close_to_reference(out, steps[-1], tmp_path)
 
 
+@pytest.mark.parametrize("optimizer", [True, False], ids=["optimizer", "no-optimizer"])
+def test_a_joining_rank_imports_ahead_what_the_running_ranks_imported(
+    sink, make_spec, pool_factory, tmp_path, optimizer
+):
+    # The first optimizer makes torch import torch._dynamo (over a second): a rank joining
+    # a group whose code built one imports it while it warms, before the group pauses; a
+    # rank joining code that never needs it does not spend its slot's time on it.
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = make_spec(
+        entrypoint="fns:lazy_import_probe", hparams={"optimizer": optimizer, "out_dir": str(out)}
+    )
+
+    async def main():
+        group = WorkerGroup(spec=spec, sink=sink, pool=pool_factory(), min_workers=1, max_workers=2)
+        await group.start(1)
+        await wait_for(lambda: _reached(sink, spec.trial_id, 5))
+        (first,) = group.worker_pids
+        assert await group.resize(2) is True
+        await wait_for(lambda: reached_at_size(sink, spec.trial_id, 2, 3))
+        group.request_stop(pause=False)
+        outcome = await asyncio.wait_for(group.wait(), 120)
+        await group.shutdown()
+        return first, outcome
+
+    first, outcome = asyncio.run(main())
+    assert outcome.status == "stopped", outcome
+    entries = {int(p.stem): p.read_text().split() for p in out.glob("*.txt")}
+    (newcomer,) = set(entries) - {first}
+    world, imported = entries[newcomer][:2]
+    assert world == "2"
+    assert imported == str(int(optimizer))
+
+
 def test_resize_refuses_code_without_an_elastic_state(sink, make_spec, pool_factory):
     spec = make_spec(entrypoint="fns:not_elastic", hparams={"steps": 100_000})
 

@@ -167,3 +167,26 @@ def slow_to_stop(ctx):
         if ctx.should_stop():
             time.sleep(float(ctx.hparams.get("linger_s", 0.0)))
             return
+
+
+def lazy_import_probe(ctx):
+    """Elastic steps of 20 ms; with hparams['optimizer'] it builds an optimizer first (which
+    makes torch import torch._dynamo). Each rank, on entering the loop, appends whether
+    torch._dynamo was already imported to out_dir/<pid>.txt."""
+    import sys
+
+    if ctx.hparams.get("optimizer"):
+        torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    state = ctx.elastic_state(step=0)
+    out = Path(ctx.hparams["out_dir"])
+
+    def loop(state):
+        with open(out / f"{os.getpid()}.txt", "a") as f:
+            f.write(f"{ctx.world_size} {int('torch._dynamo' in sys.modules)}\n")
+        while not ctx.should_stop():
+            time.sleep(0.02)
+            state.step += 1
+            state.commit()
+            ctx.report(state.step, {"loss": 1.0 / state.step, "world_size": float(ctx.world_size)})
+
+    state.run(loop)
