@@ -22,8 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 from resolute.elastic.launch import Member
+from resolute.elastic.placement import Shape
 from resolute.elastic.plan import TrialOutcome, decide_outcome, order_by_node
-from resolute.elastic.pool import Shape, WorkerPool
+from resolute.elastic.pool import WorkerPool
 from resolute.elastic.reform import Reformation
 from resolute.elastic.spec import TrialSpec
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from resolute.context import attach_log_file
 from resolute.elastic.backends.base import WorldInfo
 from resolute.elastic.control import WorkerStatus
+from resolute.elastic.placement import Shape
 from resolute.elastic.plan import build_worlds
-from resolute.elastic.pool import PooledWorker, Shape, WorkerPool
+from resolute.elastic.pool import PooledWorker, WorkerPool
 from resolute.elastic.spec import Report, TrialSpec
 from resolute.elastic.worker import WorkerBusy
 from resolute.errors import EntrypointError, ResourcesUnavailable

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 from collections import Counter
@@ -35,7 +34,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from resolute.elastic.spec import TrialSpec
+from resolute.elastic.placement import (
+    Shape,
+    first_lines,
+    free_resources_hold,
+    is_runtime_env_failure,
+    ready_or,
+)
 from resolute.elastic.worker import worker_actor_class
 from resolute.errors import ResourcesUnavailable, RuntimeEnvError
 
@@ -46,40 +51,6 @@ FINISH_TIMEOUT_S = 30.0
 
 
 RETRY_S = 1.0  # how long one placement attempt waits before idle workers are looked at again
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What one worker is: its resources (one rank's slot) and the Ray runtime_env its
-    process was started with (canonical JSON, hashable; None: no runtime_env)."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-    runtime_env: str | None = None
-
-    @classmethod
-    def for_spec(cls, spec: TrialSpec) -> Shape:
-        """The workers a trial needs: its slot resources and its runtime_env."""
-        return cls(
-            cpus=spec.cpus_per_slot,
-            gpus=spec.gpus_per_slot,
-            runtime_env=canonical_runtime_env(spec.runtime_env),
-        )
-
-    def actor_runtime_env(self) -> dict[str, Any] | None:
-        return None if self.runtime_env is None else dict(json.loads(self.runtime_env))
-
-    def bundle(self) -> dict[str, float]:
-        bundle = {"CPU": self.cpus} if self.cpus > 0 else {}
-        if self.gpus > 0:
-            bundle["GPU"] = self.gpus
-        # A bundle may not be empty; a zero-resource worker still takes a sliver of CPU.
-        return bundle or {"CPU": 0.01}
-
-
-def canonical_runtime_env(env: dict[str, Any] | None) -> str | None:
-    """One spelling per runtime_env (sorted keys), so equal environments share workers."""
-    return json.dumps(env, sort_keys=True, separators=(",", ":")) if env else None
 
 
 @dataclass
@@ -325,9 +296,9 @@ class WorkerPool:
             self._live[worker.serial] = worker
         if failed is not None:
             await self.discard(workers)
-            if _is_runtime_env_failure(failed):
+            if is_runtime_env_failure(failed):
                 raise RuntimeEnvError(
-                    f"a worker's runtime_env could not be set up: {_first_lines(failed)}. Check "
+                    f"a worker's runtime_env could not be set up: {first_lines(failed)}. Check "
                     "environment.pip and that the uploaded context_dir is intact; Ray's full "
                     "log is runtime_env_setup-*.log in the node's session logs"
                 )
@@ -343,7 +314,7 @@ class WorkerPool:
         """True once the placement group is placed; False after ``timeout`` or as soon as
         ``interrupt`` fires (slots came back: the caller takes idle workers instead)."""
         first = min(1.0, timeout)
-        if await _ready_or(pg, first, interrupt):
+        if await ready_or(pg, first, interrupt):
             return True
         if interrupt is not None and interrupt.is_set():
             return False
@@ -351,10 +322,10 @@ class WorkerPool:
         # when the free resources cannot hold the group: on a busy machine placing a group
         # may take longer than the first wait, and killing warm workers then wins nothing.
         others = [s for s in self._idle if s != shape and self._idle[s]]
-        if others and not await asyncio.to_thread(_free_resources_hold, pg.bundle_specs):
+        if others and not await asyncio.to_thread(free_resources_hold, pg.bundle_specs):
             for other in others:
                 await self.trim(keep=0, shape=other)
-        return await _ready_or(pg, max(0.0, timeout - first), interrupt)
+        return await ready_or(pg, max(0.0, timeout - first), interrupt)
 
     # -- giving back --------------------------------------------------------------------
 
@@ -460,42 +431,3 @@ class WorkerPool:
                 # A placement group on a lost node is gone already.
                 with contextlib.suppress(Exception):
                     remove_placement_group(pg)
-
-
-def _free_resources_hold(bundles: Sequence[dict[str, float]]) -> bool:
-    """Whether the cluster's unreserved resources cover ``bundles`` (in all, not per node:
-    a PACK group may spread over nodes)."""
-    import ray
-
-    need: Counter[str] = Counter()
-    for bundle in bundles:
-        need.update(bundle)
-    free = ray.available_resources()  # type: ignore[no-untyped-call]
-    return all(free.get(k, 0.0) >= v - 1e-9 for k, v in need.items())
-
-
-def _is_runtime_env_failure(exc: BaseException) -> bool:
-    from ray.exceptions import RuntimeEnvSetupError
-
-    return isinstance(exc, RuntimeEnvSetupError) or isinstance(
-        getattr(exc, "cause", None), RuntimeEnvSetupError
-    )
-
-
-def _first_lines(exc: BaseException, n: int = 6) -> str:
-    return " | ".join(line.strip() for line in str(exc).strip().splitlines()[:n] if line.strip())
-
-
-async def _ready_or(pg: Any, timeout: float, interrupt: asyncio.Event | None) -> bool:
-    """Wait up to ``timeout`` for ``pg`` to be placed, or until ``interrupt`` is set."""
-    ready = asyncio.ensure_future(pg.ready())
-    waits: set[asyncio.Future[Any]] = {ready}
-    if interrupt is not None:
-        waits.add(asyncio.ensure_future(interrupt.wait()))
-    try:
-        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for fut in waits:
-            if not fut.done():
-                fut.cancel()
-    return ready in done and ready.exception() is None

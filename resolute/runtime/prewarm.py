@@ -21,7 +21,8 @@ import contextlib
 import logging
 from typing import Any
 
-from resolute.elastic.pool import Shape, WorkerPool
+from resolute.elastic.placement import Shape
+from resolute.elastic.pool import WorkerPool
 
 log = logging.getLogger("resolute.scheduler")
 

@@ -20,7 +20,7 @@ from resolute.runtime.trial_run import FailedOutcome, TrialRun
 from resolute.search.base import ExitReason, StopReason
 
 if TYPE_CHECKING:
-    from resolute.elastic.pool import Shape
+    from resolute.elastic.placement import Shape
     from resolute.runtime.experiment import ExperimentRun
 
 log = logging.getLogger("resolute.scheduler")
@@ -105,7 +105,7 @@ class TrialRunning:
 
     def worker_shape(self: ExperimentRun) -> Shape:
         """What one worker of this experiment's trials is (resources, runtime_env)."""
-        from resolute.elastic.pool import Shape
+        from resolute.elastic.placement import Shape
 
         return Shape.for_spec(
             self._spec(TrialRun(searcher_id=0, trial_id=0, hparams={}, seed=0, until=0))

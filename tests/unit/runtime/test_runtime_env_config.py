@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from resolute.config import ConfigError, ExperimentConfig, parse_config
-from resolute.elastic.pool import Shape
+from resolute.elastic.placement import Shape
 from resolute.elastic.spec import TrialSpec
 
 URI = "gcs://_ray_pkg_0123456789abcdef.zip"
