@@ -182,8 +182,9 @@ def _snapshot() -> dict[str, Any]:
     help="Seconds to wait for the scheduler to pause its experiments before removing it.",
 )
 def down(address: str | None, timeout: float) -> None:
-    """Stop the scheduler: it pauses its active experiments (they resume after the next
-    `resolute cluster up`), then it is removed. The Ray cluster itself keeps running."""
+    """Stop the scheduler: it pauses its active experiments (their running trials
+    checkpoint), then it is removed. After the next `resolute cluster up`,
+    `resolute experiment activate ID` resumes each. The Ray cluster itself keeps running."""
     import ray
 
     from resolute.runtime.cluster import withdraw_autoscaler_request
@@ -200,9 +201,9 @@ def down(address: str | None, timeout: float) -> None:
             active = []
         if active:
             names = ", ".join(f"{e['id']} ({e['name']})" for e in active)
-            click.echo(f"stopping {len(active)} active experiment(s): {names}")
+            click.echo(f"pausing {len(active)} active experiment(s): {names}")
         try:
-            ray.get(scheduler.shutdown.remote(), timeout=timeout)
+            ray.get(scheduler.shutdown.remote(pause=True), timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             click.echo(
                 f"warning: the scheduler did not finish stopping in {timeout:g}s; removing it "
@@ -215,6 +216,12 @@ def down(address: str | None, timeout: float) -> None:
         # A request left in place would keep the autoscaler's nodes up forever.
         withdraw_autoscaler_request()
         click.echo(f"resolute scheduler stopped on {resolved}")
+        if active:
+            ids = " ".join(str(e["id"]) for e in active)
+            click.echo(
+                f"resume with `resolute cluster up`, then `resolute experiment activate ID` "
+                f"for each of: {ids}"
+            )
 
 
 # -------------------------------------------------------------------- rendering

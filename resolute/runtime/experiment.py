@@ -24,7 +24,7 @@ from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
 from resolute.runtime.reports import ReportHandling
 from resolute.runtime.running import TrialRunning
 from resolute.runtime.searcher_actor import Decision, Event, ExitEvent
-from resolute.runtime.storage import ExperimentStorage
+from resolute.runtime.storage import ExperimentStorage, default_tracking_uri
 from resolute.runtime.tracking import Tracker
 from resolute.runtime.trial_run import TrialRun
 from resolute.search.base import (
@@ -376,3 +376,27 @@ def run_id_recorder(
             log.exception("%s %s: could not journal its MLflow run id", what, record_id)
 
     return record
+
+
+def experiment_tracker(config: ExperimentConfig, storage: ExperimentStorage) -> Tracker:
+    """The experiment's MLflow/TensorBoard tracker. Opening MLflow's store takes seconds (a
+    new SQLite store is migrated): the tracker does it on its own thread."""
+    return Tracker(
+        tracking_uri=config.tracking.mlflow_uri or default_tracking_uri(config.storage),
+        experiment_name=config.name,
+        tensorboard_root=storage.tensorboard_dir if config.tracking.tensorboard else None,
+        connect_now=False,
+    )
+
+
+def start_parent_run(
+    tracker: Tracker, journal: Journal, config: ExperimentConfig, experiment_id: int, seed: int
+) -> None:
+    """Create the experiment's MLflow parent run on the tracker's thread; its id is
+    journaled once it exists."""
+    tracker.start_experiment_later(
+        config.to_dict(),
+        config.searcher.name,
+        {"resolute.experiment_id": str(experiment_id), "resolute.seed": str(seed)},
+        on_started=run_id_recorder(journal.update_experiment, experiment_id, what="experiment"),
+    )

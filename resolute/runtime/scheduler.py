@@ -27,14 +27,15 @@ from resolute.elastic.spec import Report, TrialSpec
 from resolute.errors import NotFound, SchedulerError
 from resolute.runtime.allocator import apply_round, plan_round, resources_shape, slot_shape
 from resolute.runtime.cluster import ClusterView, can_autoscale
-from resolute.runtime.experiment import ExperimentRun, run_id_recorder
+from resolute.runtime.experiment import ExperimentRun, experiment_tracker, start_parent_run
 from resolute.runtime.journal import Journal
 from resolute.runtime.lifecycle import ExperimentStatus
 from resolute.runtime.package import hold_package
 from resolute.runtime.policy import TrialDemand, fits_ever
 from resolute.runtime.prewarm import Prewarm
+from resolute.runtime.recovery import ExperimentAdoption
 from resolute.runtime.searcher_actor import SearcherActor
-from resolute.runtime.storage import ExperimentStorage, default_tracking_uri
+from resolute.runtime.storage import ExperimentStorage
 from resolute.runtime.tracking import Tracker
 from resolute.search import make_searcher
 
@@ -44,6 +45,7 @@ ROUND_INTERVAL_S = 2.0  # safety-net allocation round (nodes joining/leaving are
 NODES_MAX_AGE_S = 0.5  # how stale the node list an allocation round uses may be
 SWITCH_INTERVAL_S = 0.001  # the scheduler process's GIL switch interval (see Scheduler)
 DEFAULT_RESIZE_COOLDOWN_S = 10.0
+SHUTDOWN_WAIT_S = 30.0  # per experiment: its trials' checkpoints (pause) or ends (kill)
 
 log = logging.getLogger("resolute.scheduler")
 
@@ -80,7 +82,7 @@ def default_journal_url() -> str:
     return f"sqlite:///{home / 'resolute.db'}"
 
 
-class SchedulerCore:
+class SchedulerCore(ExperimentAdoption):
     """The scheduler's logic, apart from the actor class (which only forwards calls)."""
 
     def __init__(
@@ -204,37 +206,13 @@ class SchedulerCore:
         )
         storage = ExperimentStorage(config.storage, exp_id)
         storage.write_config(config.to_yaml())
-        # Opening MLflow's store takes seconds (a new SQLite store is migrated): the tracker
-        # does it on its own thread while the first trials start.
-        tracker = Tracker(
-            tracking_uri=config.tracking.mlflow_uri or default_tracking_uri(config.storage),
-            experiment_name=config.name,
-            tensorboard_root=storage.tensorboard_dir if config.tracking.tensorboard else None,
-            connect_now=False,
-        )
-        tracker.start_experiment_later(
-            config.to_dict(),
-            config.searcher.name,
-            {"resolute.experiment_id": str(exp_id), "resolute.seed": str(seed)},
-            on_started=run_id_recorder(self.journal.update_experiment, exp_id, what="experiment"),
-        )
+        tracker = experiment_tracker(config, storage)
+        start_parent_run(tracker, self.journal, config, exp_id, seed)
         searcher = make_searcher(config.searcher_settings(), config.space(), seed)
         shell: Any = SearcherActor.options(  # type: ignore[attr-defined]
             name=f"searcher/{exp_id}", namespace=NAMESPACE
         ).remote(searcher)
-        exp = ExperimentRun(
-            experiment_id=exp_id,
-            config=config,
-            seed=seed,
-            journal=self.journal,
-            storage=storage,
-            tracker=tracker,
-            searcher=shell,
-            start_group=self._start_group,
-            on_change=self._on_change,
-            next_seq=lambda: next(self._seq),
-        )
-        self.experiments[exp_id] = exp
+        exp = self._experiment_run(exp_id, config, seed, storage, tracker, shell)
         # The uploader's pin on the code package expires in minutes; trials may start hours
         # later (queued, paused): a detached holder keeps it until the experiment ends.
         hold_package(exp_id, config)
@@ -244,9 +222,33 @@ class SchedulerCore:
         await exp.begin()
         return exp_id
 
+    def _experiment_run(
+        self,
+        exp_id: int,
+        config: ExperimentConfig,
+        seed: int,
+        storage: ExperimentStorage,
+        tracker: Tracker,
+        searcher: Any,
+    ) -> ExperimentRun:
+        exp = ExperimentRun(
+            experiment_id=exp_id,
+            config=config,
+            seed=seed,
+            journal=self.journal,
+            storage=storage,
+            tracker=tracker,
+            searcher=searcher,
+            start_group=self._start_group,
+            on_change=self._on_change,
+            next_seq=lambda: next(self._seq),
+        )
+        self.experiments[exp_id] = exp
+        return exp
+
     async def _start_group(self, spec: TrialSpec, n: int, max_workers: int) -> Any:
         from resolute.elastic.group import WorkerGroup
-        from resolute.elastic.pool import Shape
+        from resolute.elastic.placement import Shape
 
         exp = self.experiments[spec.experiment_id]
         self.trial_owner[spec.trial_id] = exp
@@ -272,8 +274,10 @@ class SchedulerCore:
         exp = self.experiments.get(experiment_id)
         if exp is None:
             raise NotFound(
-                f"experiment {experiment_id} is not known to this scheduler; "
-                "`resolute experiment list` shows the experiments"
+                f"experiment {experiment_id} is not run by this scheduler; "
+                "`resolute experiment list` shows the experiments, and `resolute experiment "
+                f"activate {experiment_id}` resumes one that an earlier scheduler left PAUSED "
+                "or ACTIVE"
             )
         return exp
 
@@ -287,17 +291,17 @@ class SchedulerCore:
         return exp.summary()
 
     async def kill(self, experiment_id: int) -> dict[str, Any]:
-        exp = self._get(experiment_id)
+        exp = await self._get_or_adopt(experiment_id)
         await exp.kill()
         return exp.summary()
 
     async def pause(self, experiment_id: int) -> dict[str, Any]:
-        exp = self._get(experiment_id)
+        exp = await self._get_or_adopt(experiment_id)
         await exp.pause()
         return exp.summary()
 
     async def activate(self, experiment_id: int) -> dict[str, Any]:
-        exp = self._get(experiment_id)
+        exp = await self._get_or_adopt(experiment_id)
         await exp.activate()
         return exp.summary()
 
@@ -361,17 +365,31 @@ class SchedulerCore:
             },
         }
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, pause: bool = False) -> None:
+        """End this scheduler's work: kill its running experiments or, with ``pause``, pause
+        them (running trials checkpoint and give their slots back; a later scheduler
+        resumes each with ``activate``)."""
         for exp in self.experiments.values():
             if not exp.finished.is_set():
-                await exp.kill()
+                await (exp.pause() if pause else exp.kill())
         for exp in self.experiments.values():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(exp.finished.wait(), 30)
+                if pause:
+                    await asyncio.wait_for(_released(exp), SHUTDOWN_WAIT_S)
+                else:
+                    await asyncio.wait_for(exp.finished.wait(), SHUTDOWN_WAIT_S)
+            exp._write_pending()
             exp.tracker.close()
         if self.cluster is not None:
             self.cluster.withdraw()
         await self.pool.close()
+
+
+async def _released(exp: ExperimentRun) -> None:
+    """Until no trial of ``exp`` holds slots or waits for its group's end to be recorded (a
+    paused experiment's trials have checkpointed and are journaled PAUSED)."""
+    while exp.holding() or any(t.request is not None for t in exp.trials.values()):
+        await asyncio.sleep(0.1)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -432,8 +450,8 @@ class Scheduler:
     async def allocation_round(self) -> int:
         return self.core.allocation_round()
 
-    async def shutdown(self) -> None:
-        await self.core.shutdown()
+    async def shutdown(self, pause: bool = False) -> None:
+        await self.core.shutdown(pause=pause)
 
     def __repr__(self) -> str:
         return f"Scheduler({len(self.core.experiments)} experiments)"

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from resolute.cli_cluster import EXIT_NO_CLUSTER, register, render_status, short_ids, slot_kind
+from resolute.runtime.journal import Journal
 
 from .fake_cluster import FakeAutoscalingCluster
 
@@ -232,6 +233,9 @@ def test_status_shows_the_experiments_of_the_scheduler(
 
     down = run_cli(autoscaling_cluster, "down", env=env)
     assert down.returncode == 0, down.stderr
-    assert f"stopping 1 active experiment(s): {exp_id} (slow-single)" in down.stdout
+    assert f"pausing 1 active experiment(s): {exp_id} (slow-single)" in down.stdout
+    assert f"`resolute experiment activate ID` for each of: {exp_id}" in down.stdout
+    # Paused, not killed: its trial checkpointed, and a later scheduler resumes it.
+    assert Journal(journal).get_experiment(exp_id).status.value == "PAUSED"
     with pytest.raises(ValueError):
         ray.get_actor("scheduler", namespace="resolute")

@@ -1,0 +1,162 @@
+"""A scheduler that goes away and a new one that carries on: ``activate`` on the new
+scheduler adopts the experiment from the journal and resumes its trials from their latest
+checkpoints, into the same MLflow runs.
+
+Two ways to go away: ``shutdown(pause=True)`` (what ``resolute cluster down`` does: the
+running trial checkpoints first), and the scheduler actor killed mid-training (a crash:
+the trial resumes from its last periodic checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+import yaml
+
+from resolute.config import parse_config
+from resolute.errors import NotFound
+from resolute.runtime import client
+from resolute.runtime.journal import Journal
+from resolute.runtime.storage import default_tracking_uri
+
+from .helpers import start_scheduler, stop_scheduler, wait_until
+
+USERFNS = Path(__file__).parent / "userfns"
+STEPS = 60
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp_path: Path):
+    data = {
+        "name": "recovery",
+        "entrypoint": "recover_fn:steps",
+        "context_dir": str(USERFNS),
+        "storage": str(tmp_path / "storage"),
+        "seed": 3,
+        "hyperparameters": {"delay": 0.1, "every": 5},
+        "searcher": {"name": "single", "metric": "loss", "max_time": STEPS},
+        "resources": {"slots_per_trial": 1},
+        "max_restarts": 0,
+    }
+    return parse_config(yaml.safe_load(yaml.safe_dump(data)), context_dir=tmp_path)
+
+
+def _trained(journal: Journal, exp: int, steps: int) -> bool:
+    (trial,) = journal.list_trials(exp)
+    ready = trial.latest_checkpoint is not None and trial.mlflow_run_id is not None
+    return ready and (trial.last_step or 0) >= steps
+
+
+def _crash(scheduler) -> None:
+    """Kill the actor (no shutdown: its workers die with it) and wait until it is dead, so
+    that nothing it still had in hand reaches the journal later."""
+    ray.kill(scheduler)
+
+    def dead() -> bool:
+        try:
+            ray.get(scheduler.list.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return True
+        return False
+
+    wait_until(dead, 60, "the scheduler's death")
+
+
+def _mlflow(tmp_path: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=default_tracking_uri(str(tmp_path / "storage")))
+
+
+def _logged_steps(tmp_path: Path, journal: Journal, exp: int) -> set[int]:
+    (trial,) = journal.list_trials(exp)
+    return {m.step for m in _mlflow(tmp_path).get_metric_history(trial.mlflow_run_id, "loss")}
+
+
+def _finish_on_a_new_scheduler(
+    tmp_path: Path, exp: int, journal: Journal, *, logged_before: set[int]
+) -> None:
+    """Activate ``exp`` on a new scheduler and check that it ends as if never interrupted.
+    ``logged_before``: steps known to be in MLflow before the first scheduler went (a crash
+    loses the metrics its tracker had not written yet; steps up to the checkpoint are not
+    trained again)."""
+    parent_before = journal.get_experiment(exp).mlflow_run_id
+    (trial_before,) = journal.list_trials(exp)
+    checkpoint_step = trial_before.latest_checkpoint_step
+    assert checkpoint_step is not None and checkpoint_step >= 5
+
+    second = start_scheduler(tmp_path)
+    try:
+        # An experiment the new scheduler has not adopted yet is named as such.
+        with pytest.raises(NotFound, match=f"resolute experiment activate {exp}"):
+            client.call(second, "status", exp)
+        summary = client.call(second, "activate", exp)
+        assert summary["status"] == "ACTIVE"
+        wait_until(lambda: client.call(second, "status", exp)["done"], 180, "the resumed run")
+        summary = client.call(second, "status", exp)
+        assert summary["status"] == "COMPLETED", summary
+    finally:
+        stop_scheduler(second)
+
+    record = journal.get_experiment(exp)
+    assert record.status.value == "COMPLETED"
+    assert record.mlflow_run_id == parent_before  # the same parent run, continued
+    (trial,) = journal.list_trials(exp)
+    assert trial.status.value == "COMPLETED"
+    assert trial.restarts == 0  # the scheduler went away, the user's code did not fail
+    assert trial.last_step == STEPS
+    assert trial.mlflow_run_id == trial_before.mlflow_run_id
+    mc = _mlflow(tmp_path)
+    steps = {m.step for m in mc.get_metric_history(trial.mlflow_run_id, "loss")}
+    assert steps <= set(range(1, STEPS + 1))
+    assert logged_before | set(range(checkpoint_step + 1, STEPS + 1)) <= steps
+    resumed = mc.get_metric_history(trial.mlflow_run_id, "resumed_from")
+    # Every step after the checkpoint was trained by the resumed code, which started there.
+    after = {m.step: m.value for m in resumed if m.step > checkpoint_step and m.value > 0}
+    assert set(after) == set(range(checkpoint_step + 1, STEPS + 1))
+    assert set(after.values()) == {float(checkpoint_step)}
+    assert mc.get_run(trial.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_a_paused_scheduler_shutdown_resumes_on_the_next_scheduler(ray_local, tmp_path):
+    first = start_scheduler(tmp_path)
+    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
+    exp = client.submit(first, _config(tmp_path))
+    wait_until(lambda: _trained(journal, exp, 12), 120, "training before the shutdown")
+    # What `resolute cluster down` does: pause (the trial checkpoints), then go.
+    ray.get(first.scheduler.shutdown.remote(pause=True), timeout=120)
+    _crash(first.scheduler)
+    assert journal.get_experiment(exp).status.value == "PAUSED"
+    (trial,) = journal.list_trials(exp)
+    assert trial.status.value == "PAUSED"
+    assert trial.latest_checkpoint_step == trial.last_step  # checkpointed on the way out
+    # Its tracker wrote everything before it went: nothing may be missing afterwards.
+    logged = _logged_steps(tmp_path, journal, exp)
+    assert logged == set(range(1, trial.last_step + 1))
+    _finish_on_a_new_scheduler(tmp_path, exp, journal, logged_before=logged)
+
+
+def test_a_crashed_scheduler_s_experiment_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+    first = start_scheduler(tmp_path)
+    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
+    exp = client.submit(first, _config(tmp_path))
+    wait_until(lambda: _trained(journal, exp, 17), 120, "training before the crash")
+    logged = wait_until(lambda: _logged_steps(tmp_path, journal, exp), 60, "metrics in MLflow")
+    _crash(first.scheduler)
+    assert journal.get_experiment(exp).status.value == "ACTIVE"
+    _finish_on_a_new_scheduler(tmp_path, exp, journal, logged_before=logged)
+
+
+def test_an_ended_experiment_is_not_adopted(ray_local, tmp_path):
+    first = start_scheduler(tmp_path)
+    exp = client.submit(first, _config(tmp_path))
+    client.call(first, "kill", exp)
+    wait_until(lambda: client.call(first, "status", exp)["done"], 60, "the kill")
+    stop_scheduler(first)
+    second = start_scheduler(tmp_path)
+    try:
+        with pytest.raises(NotFound, match="has ended"):
+            client.call(second, "activate", exp)
+    finally:
+        stop_scheduler(second)
