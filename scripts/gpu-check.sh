@@ -5,7 +5,8 @@
 #     and trains on the slot's GPU;
 #   - elastic snapshots on the GPU and in pinned host memory;
 #   - DDP throughput inside resolute vs. plain torchrun on the GPU.
-# Usage: scripts/gpu-check.sh [results-dir]   (from the repository root, resolute importable)
+# Usage: scripts/gpu-check.sh [results-dir]   (from the repository root, resolute importable;
+# on a machine without Ray, carry the wheels scripts/gpu-wheels.sh makes)
 set -uo pipefail
 out=${1:-benchmarks/results}
 mkdir -p "$out"
