@@ -1,36 +1,55 @@
 """Slot utilisation of an ASHA search of short trials: resolute vs. Ray Tune's ASHA.
 
-Both systems run the same search on the same embedded Ray (``ray.init(num_cpus=N)``), one
-after the other in one process:
+Three runs of the same search on the same embedded Ray (``ray.init(num_cpus=N)``), one after
+the other in one process:
+
+- ``resolute``: one-slot trials, as Ray Tune runs them;
+- ``resolute-elastic``: data-parallel trials of 1 to N slots
+  (``slots_per_trial: {min: 1, max: N}``). A trial starts on one slot; slots that idle
+  because fewer trials than slots are left (the search's tail) are lent to running trials,
+  which grow in place; a trial that starts takes a lent slot back first;
+- ``tune``: Ray Tune's ``Tuner``; its trials cannot change size.
+
+All three run:
 
 - the same trials, in the same order: trial *i* (resolute: the i-th trial created, its
   journal id - 1 in a fresh journal; Ray Tune: ``grid_search`` index *i*) trains for
-  ``max_t`` steps of ``step_s[i]`` seconds each, ``step_s`` drawn once, uniform in
+  ``max_t`` steps of ``step_s[i]`` seconds of work each, ``step_s`` drawn once, uniform in
   [--step-min, --step-max] (default 1-3 s: a trial stopped at the first rung runs 1-3 s),
-  and reports ``loss = (x[i] - 0.5)^2 + 1/step`` after every step;
-- the same ASHA: stop-based, one bracket, rungs at grace * rf^k up to max_t (resolute
-  ``asha`` with ``mode: aggressive, promotion: stop, max_time: max_t, divisor: rf``;
-  Ray Tune ``ASHAScheduler(max_t, grace_period=1, reduction_factor=rf, brackets=1)``);
-- the same concurrency: one CPU per trial, at most N at once (resolute
+  and reports ``loss = (x[i] - 0.5)^2 + 1/step`` after every step. A step is --batches
+  batches (default 10); a rank of a trial of *w* ranks does 1/w of each batch's work (a
+  fixed global batch split among the ranks, the usual data-parallel contract), and the
+  elastic trial commits its state (``ctx.elastic_state``) after every batch;
+- the same ASHA settings: stop-based, one bracket, rungs at grace * rf^k up to max_t
+  (resolute ``asha`` with ``mode: aggressive, promotion: stop, max_time: max_t, divisor:
+  rf``; Ray Tune ``ASHAScheduler(max_t, grace_period=1, reduction_factor=rf,
+  brackets=1)``). The cut-off rules differ: resolute keeps a result ranked within the top
+  max(floor(n/rf), 1) of the rung's n results (Determined's rule), Ray Tune one at or above
+  the interpolated (1 - 1/rf) quantile of the results recorded before it, which keeps more
+  (the third result of a rung continues if it beats 2/3 of the way from the worse of the
+  first two to the better; in resolute only if it beats both);
+- the same concurrency: one CPU per slot, at most N trials at once (resolute
   ``max_concurrent_trials: N``; Ray Tune ``max_concurrent_trials=N, reuse_actors=True``).
 
-Each training step records its own start and end wall time, so both are measured the same
-way: utilisation = slot-seconds spent in training steps / slot-seconds available, over
+Every rank records each batch's start and end wall time (the elastic trial only batches it
+committed: a batch that a re-formation interrupted is redone, and counted once), so all are
+measured the same way: utilisation = slot-seconds spent in training batches / slot-seconds
+available, over
 
-- ``steady``: the first step's start to the last step's end (no start-up),
+- ``steady``: the first batch's start to the last batch's end (no start-up),
 - ``end-to-end``: from the call that submits the search to its return (with start-up), and
-- ``while trials were left to start``: the first step's start to the last trial's first
-  step, when a trial was always waiting for a slot: the scheduler's own share.
+- ``while trials were left to start``: the first batch's start to the last trial's first
+  batch, when a trial was always waiting for a slot: the scheduler's own share.
 
-Time blocked inside ``report`` (waiting for a decision) is not training, so it does not
-count. The search's tail (fewer trials left than slots) idles slots for both systems alike,
-but weighs less in the ratio of the search that trains more slot-seconds (the two ASHAs do
-not promote the same trials).
+Time blocked inside ``report`` (waiting for a decision), commits and re-formations are not
+training, so they do not count. The search's tail (fewer trials left than slots) idles
+slots unless running trials can use them; it weighs less in the ratio of a search that
+trains more slot-seconds (Ray Tune's rule promotes more trials).
 
-    python benchmarks/utilization.py --trials 200          # several minutes
-    python benchmarks/utilization.py --trials 24 --step-max 1.5   # a quick check
+    python benchmarks/utilization.py --trials 200          # ~15 minutes, all three
+    python benchmarks/utilization.py --trials 24 --step-max 1.5 --only resolute-elastic tune
 
-Prints both side by side and writes ``benchmarks/results/utilization-<trials>.json``; the
+Prints them side by side and writes ``benchmarks/results/utilization-<trials>.json``; the
 work folder (trial timings, Ray's logs) is kept under /tmp and named in the output.
 """
 
@@ -48,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+SYSTEMS = ("resolute", "resolute-elastic", "tune")
 RESULTS = HERE / "results"
 
 # The user code both systems run. It records every step's wall times itself (one JSON line
@@ -62,20 +82,34 @@ TRIAL_MODULE = textwrap.dedent(
     HERE = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(HERE, "workload.json")) as f:
         WORKLOAD = json.load(f)
+    BATCHES = WORKLOAD["batches"]
+
+
+    def timings(system, key, rank):
+        path = os.path.join(HERE, "timings", system, f"{key}-{rank}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "a", buffering=1)
+
+
+    def record(out, idx, step, batch, rank, world, t0, t1):
+        line = {"idx": idx, "step": step, "batch": batch, "rank": rank, "world": world}
+        out.write(json.dumps({**line, "t0": t0, "t1": t1}) + "\\n")
+
+
+    def loss(idx, step):
+        return (WORKLOAD["x"][idx] - 0.5) ** 2 + 1.0 / step
 
 
     def run(system, key, idx, report, should_stop):
-        step_s = WORKLOAD["step_s"][idx]
-        x = WORKLOAD["x"][idx]
-        path = os.path.join(HERE, "timings", system, str(key) + ".jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", buffering=1) as out:
+        """One slot: every step is BATCHES batches of step_s / BATCHES seconds."""
+        batch_s = WORKLOAD["step_s"][idx] / BATCHES
+        with timings(system, key, 0) as out:
             for step in range(1, WORKLOAD["max_t"] + 1):
-                t0 = time.time()
-                time.sleep(step_s)  # one training step
-                t1 = time.time()
-                out.write(json.dumps({"idx": idx, "step": step, "t0": t0, "t1": t1}) + "\\n")
-                report(step, {"loss": (x - 0.5) ** 2 + 1.0 / step})
+                for batch in range(BATCHES):
+                    t0 = time.time()
+                    time.sleep(batch_s)  # one training batch
+                    record(out, idx, step, batch, 0, 1, t0, time.time())
+                report(step, {"loss": loss(idx, step)})
                 if should_stop():
                     return
 
@@ -83,6 +117,35 @@ TRIAL_MODULE = textwrap.dedent(
     def train(ctx):
         """resolute: trial ids count from 1 in a fresh journal."""
         run("resolute", ctx.trial_id, ctx.trial_id - 1, ctx.report, ctx.should_stop)
+
+
+    def train_elastic(ctx):
+        """resolute, data parallel: a batch's work is split among the ranks (a fixed global
+        batch), so a trial lent idle slots finishes its steps sooner. A batch counts once
+        it is committed: one the group re-formed under is redone, and not recorded."""
+        idx = ctx.trial_id - 1
+        batch_s = WORKLOAD["step_s"][idx] / BATCHES
+        state = ctx.elastic_state(step=0, batch=0)
+
+        def loop(state):
+            rank, world = ctx.rank, ctx.world_size
+            with timings("resolute-elastic", ctx.trial_id, f"{rank}-{time.time():.6f}") as out:
+                while state.step < WORKLOAD["max_t"]:
+                    t0 = time.time()
+                    time.sleep(batch_s / world)  # this rank's share of the batch
+                    t1 = time.time()
+                    step, batch = state.step + 1, state.batch
+                    state.batch = (batch + 1) % BATCHES
+                    if state.batch == 0:
+                        state.step = step
+                    state.commit()
+                    record(out, idx, step, batch, rank, world, t0, t1)
+                    if state.batch == 0:
+                        ctx.report(step, {"loss": loss(idx, step)})
+                        if ctx.should_stop():
+                            return
+
+        state.run(loop)
 
 
     def tune_train(config):
@@ -100,6 +163,7 @@ def write_workload(root: Path, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     workload = {
         "max_t": args.max_t,
+        "batches": args.batches,
         "step_s": rng.uniform(args.step_min, args.step_max, args.trials).round(3).tolist(),
         "x": rng.uniform(0.0, 1.0, args.trials).round(4).tolist(),
     }
@@ -108,21 +172,25 @@ def write_workload(root: Path, args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- runs
-def run_resolute(root: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_resolute(
+    root: Path, args: argparse.Namespace, *, elastic: bool = False
+) -> dict[str, float]:
     import ray
     import yaml
 
     from resolute.config import load_config
     from resolute.runtime import client
 
-    config_path = root / "resolute.yaml"
+    name = "resolute-elastic" if elastic else "resolute"
+    slots: object = {"min": 1, "max": args.slots} if elastic else 1
+    config_path = root / f"{name}.yaml"
     config_path.write_text(
         yaml.safe_dump(
             {
                 "name": "utilization-bench",
-                "entrypoint": "bench_trial:train",
+                "entrypoint": "bench_trial:train_elastic" if elastic else "bench_trial:train",
                 "context_dir": str(root),
-                "storage": str(root / "resolute-storage"),
+                "storage": str(root / f"{name}-storage"),
                 "seed": args.seed,
                 "hyperparameters": {"x": {"type": "double", "minval": 0.0, "maxval": 1.0}},
                 "searcher": {
@@ -136,13 +204,13 @@ def run_resolute(root: Path, args: argparse.Namespace) -> dict[str, float]:
                     "promotion": "stop",
                     "max_concurrent_trials": args.slots,
                 },
-                "resources": {"slots_per_trial": 1, "cpus_per_slot": 1},
+                "resources": {"slots_per_trial": slots, "cpus_per_slot": 1},
                 "max_restarts": 0,
             }
         )
     )
     config = load_config(config_path)
-    conn = client.connect(journal_url=f"sqlite:///{root / 'journal.db'}")
+    conn = client.connect(journal_url=f"sqlite:///{root / f'{name}-journal.db'}")
     try:
         start = time.time()
         exp_id = client.submit(conn, config)
@@ -154,7 +222,7 @@ def run_resolute(root: Path, args: argparse.Namespace) -> dict[str, float]:
         ray.get(conn.scheduler.shutdown.remote(), timeout=120)
         ray.kill(conn.scheduler)
     if summary["status"] != "COMPLETED":
-        raise RuntimeError(f"the resolute search ended {summary['status']}: {summary}")
+        raise RuntimeError(f"the {name} search ended {summary['status']}: {summary}")
     return {"start": start, "end": end, "trials": float(summary["trials"])}
 
 
@@ -201,53 +269,57 @@ def run_tune(root: Path, args: argparse.Namespace) -> dict[str, float]:
 
 # ------------------------------------------------------------------------- figures
 def measure(root: Path, system: str, run: dict[str, float], slots: int) -> dict[str, Any]:
-    steps = []
+    batches = []
     for path in (root / "timings" / system).glob("*.jsonl"):
-        steps += [json.loads(line) for line in path.read_text().splitlines() if line]
-    if not steps:
-        raise RuntimeError(f"{system}: no training steps were recorded")
-    busy = sum(s["t1"] - s["t0"] for s in steps)
-    first, last = min(s["t0"] for s in steps), max(s["t1"] for s in steps)
-    trials = {s["idx"] for s in steps}
-    promoted = {idx for idx in trials if any(s["idx"] == idx and s["step"] > 1 for s in steps)}
-    by_trial: dict[int, list[dict[str, Any]]] = {}
-    for s in steps:
-        by_trial.setdefault(s["idx"], []).append(s)
-    for ts in by_trial.values():
-        ts.sort(key=lambda s: s["step"])
+        batches += [json.loads(line) for line in path.read_text().splitlines() if line]
+    if not batches:
+        raise RuntimeError(f"{system}: no training batches were recorded")
+    busy = sum(b["t1"] - b["t0"] for b in batches)
+    first, last = min(b["t0"] for b in batches), max(b["t1"] for b in batches)
+    # A step's span: its first batch's start to its last batch's end, over all its ranks.
+    spans: dict[tuple[int, int], list[float]] = {}
+    for b in batches:
+        span = spans.setdefault((b["idx"], b["step"]), [b["t0"], b["t1"]])
+        span[0], span[1] = min(span[0], b["t0"]), max(span[1], b["t1"])
+    by_trial: dict[int, list[list[float]]] = {}
+    for (idx, _step), span in sorted(spans.items()):
+        by_trial.setdefault(idx, []).append(span)
+    promoted = {idx for idx, step in spans if step > 1}
     # Where idle slot time went. Until the last trial's first step there was always a trial
     # to start, so idle slot time there is the scheduler's (handovers between trials, and
     # trials waiting inside report for a decision); after it, the tail (fewer trials than
-    # slots) idles slots for both systems alike.
-    last_start = max(ts[0]["t0"] for ts in by_trial.values())
+    # slots) idles slots unless running trials can use them.
+    last_start = max(ts[0][0] for ts in by_trial.values())
 
     def busy_in(a: float, b: float) -> float:
-        return sum(max(0.0, min(s["t1"], b) - max(s["t0"], a)) for s in steps)
+        return sum(max(0.0, min(x["t1"], b) - max(x["t0"], a)) for x in batches)
 
     decision_waits = sum(
-        ts[i + 1]["t0"] - ts[i]["t1"]
+        ts[i + 1][0] - ts[i][1]
         for ts in by_trial.values()
         for i in range(len(ts) - 1)
-        if ts[i + 1]["t0"] <= last_start
+        if ts[i + 1][0] <= last_start
     )
     scheduling_idle = slots * (last_start - first) - busy_in(first, last_start)
     handovers = max(1, len(by_trial) - slots)
     return {
         "utilization_steady": busy / (slots * (last - first)),
         # The scheduler's own figure: while a trial was always waiting to start, the share of
-        # slot time in training (the tail depends on the search's promotions, not on it).
+        # slot time in training (the tail depends on the search's promotions).
         "utilization_while_queued": busy_in(first, last_start) / (slots * (last_start - first)),
         "utilization_end_to_end": busy / (slots * (run["end"] - run["start"])),
         "busy_slot_s": busy,
+        "busy_lent_slot_s": sum(b["t1"] - b["t0"] for b in batches if b["world"] > 1),
         "steady_s": last - first,
         "end_to_end_s": run["end"] - run["start"],
         "startup_s": first - run["start"],
-        "trials": len(trials),
-        "steps": len(steps),
+        "trials": len(by_trial),
+        "steps": len(spans),
         "trials_past_first_rung": len(promoted),
         "scheduling_idle_slot_s": scheduling_idle,
         "decision_wait_slot_s": decision_waits,
         "handover_idle_ms": 1000 * (scheduling_idle - decision_waits) / handovers,
+        "tail_s": last - last_start,
         "tail_idle_slot_s": slots * (last - last_start) - busy_in(last_start, last),
     }
 
@@ -258,6 +330,7 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         ("utilisation, end to end", "utilization_end_to_end", "{:.1%}"),
         ("utilisation while trials were left to start", "utilization_while_queued", "{:.2%}"),
         ("slot-seconds in training steps", "busy_slot_s", "{:.1f}"),
+        ("  of which in trials of more than one rank", "busy_lent_slot_s", "{:.1f}"),
         ("first to last step (s)", "steady_s", "{:.1f}"),
         ("submit to return (s)", "end_to_end_s", "{:.1f}"),
         ("submit to first step (s)", "startup_s", "{:.1f}"),
@@ -267,6 +340,7 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         ("idle slot-s while trials were left to start", "scheduling_idle_slot_s", "{:.1f}"),
         ("  of which trials waiting for a decision", "decision_wait_slot_s", "{:.1f}"),
         ("  idle per handover between trials (ms)", "handover_idle_ms", "{:.0f}"),
+        ("the tail: last trial's first step to the end (s)", "tail_s", "{:.1f}"),
         ("idle slot-s in the tail", "tail_idle_slot_s", "{:.1f}"),
     ]
     systems = list(figures)
@@ -274,10 +348,10 @@ def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"ASHA, {args.trials} trials, steps of {args.step_min:g}-{args.step_max:g} s, "
         f"max_t {args.max_t}, reduction factor {args.reduction_factor:g}, {args.slots} slots",
-        " " * width + "".join(f"  {s:>12}" for s in systems),
+        " " * width + "".join(f"  {s:>16}" for s in systems),
     ]
     for label, key, fmt in rows:
-        cells = "".join(f"  {fmt.format(figures[s][key]):>12}" for s in systems)
+        cells = "".join(f"  {fmt.format(figures[s][key]):>16}" for s in systems)
         lines.append(label.ljust(width) + cells)
     return "\n".join(lines)
 
@@ -290,9 +364,16 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=3.0)
     parser.add_argument("--step-min", type=float, default=1.0, help="seconds per step, least")
     parser.add_argument("--step-max", type=float, default=3.0, help="seconds per step, most")
+    parser.add_argument(
+        "--batches", type=int, default=10, help="batches per step (an elastic trial commits each)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--only", choices=["resolute", "tune"], default=None, help="run one system only"
+        "--only",
+        nargs="+",
+        choices=SYSTEMS,
+        default=list(SYSTEMS),
+        help="the systems to run (default: all three)",
     )
     args = parser.parse_args()
 
@@ -310,10 +391,13 @@ def main() -> None:
     )
     runs: dict[str, dict[str, float]] = {}
     try:
-        if args.only in (None, "resolute"):
-            runs["resolute"] = run_resolute(root, args)
-        if args.only in (None, "tune"):
-            runs["tune"] = run_tune(root, args)
+        for system in SYSTEMS:
+            if system not in args.only:
+                continue
+            if system == "tune":
+                runs[system] = run_tune(root, args)
+            else:
+                runs[system] = run_resolute(root, args, elastic=system == "resolute-elastic")
     finally:
         ray.shutdown()
     figures = {name: measure(root, name, run, args.slots) for name, run in runs.items()}
