@@ -74,6 +74,8 @@ class ExperimentRun(ReportHandling, TrialRunning):
         res = config.resources
         self.priority, self.weight, self.max_slots = res.priority, res.weight, res.max_slots
         self.trials: dict[int, TrialRun] = {}  # by searcher id
+        # Adopted rows the restored searcher has not created yet (runtime/recovery.py).
+        self.unplanned: dict[int, TrialRun] = {}
         self.by_global: dict[int, TrialRun] = {}
         self.searcher_done = False
         self.status = ExperimentStatus.ACTIVE
@@ -167,13 +169,19 @@ class ExperimentRun(ReportHandling, TrialRunning):
 
     def _create(self, action: Create) -> None:
         donor = self.trials.get(action.clone_from) if action.clone_from is not None else None
-        trial_id = self.journal.create_trial(
-            experiment_id=self.id,
-            searcher_trial_id=action.trial_id,
-            hparams=action.hparams,
-            seed=action.seed,
-            clone_from=donor.trial_id if donor else None,
-        )
+        unplanned = self.unplanned.pop(action.trial_id, None)
+        if unplanned is not None:
+            # Its row was written just before an earlier scheduler died, after the searcher
+            # snapshot this one restored: the searcher creates the same trial again.
+            trial_id = unplanned.trial_id
+        else:
+            trial_id = self.journal.create_trial(
+                experiment_id=self.id,
+                searcher_trial_id=action.trial_id,
+                hparams=action.hparams,
+                seed=action.seed,
+                clone_from=donor.trial_id if donor else None,
+            )
         tr = TrialRun(
             searcher_id=action.trial_id,
             trial_id=trial_id,
@@ -185,6 +193,14 @@ class ExperimentRun(ReportHandling, TrialRunning):
         if donor is not None:
             # A clone starts from its donor's latest checkpoint (PBT exploit).
             tr.latest_checkpoint = donor.latest_checkpoint
+        self.trials[action.trial_id] = tr
+        self.by_global[trial_id] = tr
+        self._enqueue(tr)
+        if unplanned is not None:
+            tr.status, tr.restarts = unplanned.status, unplanned.restarts
+            tr.latest_checkpoint = unplanned.latest_checkpoint or tr.latest_checkpoint
+            if self.tracker.trial_run_id(trial_id) is not None:
+                return
         tags = {"resolute.searcher_trial_id": str(action.trial_id)}
         if donor is not None:
             tags["resolute.clone_from"] = str(donor.trial_id)
@@ -196,9 +212,6 @@ class ExperimentRun(ReportHandling, TrialRunning):
             tags,
             on_started=run_id_recorder(self.journal.update_trial, trial_id, what="trial"),
         )
-        self.trials[action.trial_id] = tr
-        self.by_global[trial_id] = tr
-        self._enqueue(tr)
 
     def _continue(self, tr: TrialRun, until: float) -> None:
         tr.until = until

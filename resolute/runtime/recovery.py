@@ -98,18 +98,12 @@ def rebuild_trials(
     events: list[Event] = []
     for row in records:
         plan = planned.get(row.searcher_trial_id)
-        tr = TrialRun(
-            searcher_id=row.searcher_trial_id,
-            trial_id=row.id,
-            hparams=dict(row.hparams),
-            seed=row.seed,
-            until=plan.until if plan is not None else 0.0,
-            status=row.status,
-            restarts=row.restarts,
-            latest_checkpoint=row.latest_checkpoint,
-            last_step=row.last_step if row.last_step is not None else -1,
-            started_once=row.started_at is not None,
-        )
+        if plan is None and row.status in (TrialStatus.PENDING, TrialStatus.RUNNING):
+            # Written after the searcher's snapshot: the restored searcher creates it again
+            # (same id, same draws), and ExperimentRun._create takes this row back then.
+            exp.unplanned[row.searcher_trial_id] = _row_run(row, until=0.0)
+            continue
+        tr = _row_run(row, until=plan.until if plan is not None else 0.0)
         exp.trials[tr.searcher_id] = tr
         exp.by_global[tr.trial_id] = tr
         if row.best_metric is not None and row.best_step is not None:
@@ -120,8 +114,7 @@ def rebuild_trials(
                 events.append(ExitEvent(tr.searcher_id, reason))
             continue
         if plan is None or plan.status is Planned.CLOSED:
-            # Closed by the searcher (or created after its snapshot, and so unknown to it,
-            # and created again by it): it does not run again.
+            # Closed by the searcher while its end was not journaled yet (or unknown to it).
             exp._set_status(tr, TrialStatus.STOPPED)
         elif plan.status is Planned.PAUSED or (
             plan.status is Planned.WAITING and tr.latest_checkpoint is not None
@@ -134,6 +127,21 @@ def rebuild_trials(
             _off_slots(exp, tr)
             exp._enqueue(tr)
     return events
+
+
+def _row_run(row: TrialRecord, *, until: float) -> TrialRun:
+    return TrialRun(
+        searcher_id=row.searcher_trial_id,
+        trial_id=row.id,
+        hparams=dict(row.hparams),
+        seed=row.seed,
+        until=until,
+        status=row.status,
+        restarts=row.restarts,
+        latest_checkpoint=row.latest_checkpoint,
+        last_step=row.last_step if row.last_step is not None else -1,
+        started_once=row.started_at is not None,
+    )
 
 
 def _off_slots(exp: ExperimentRun, tr: TrialRun) -> None:
@@ -197,10 +205,10 @@ class ExperimentAdoption:
         missed = rebuild_trials(exp, rows, ledger)
         for row in rows:
             self.trial_owner[row.id] = exp
-            tr = exp.by_global[row.id]
+            tr = exp.by_global.get(row.id)
             if row.mlflow_run_id:
                 tracker.attach_trial(row.id, row.mlflow_run_id)
-            elif tr.live:
+            elif tr is not None and tr.live:  # (an unplanned one gets its run when created)
                 tracker.start_trial_later(
                     row.id,
                     tr.hparams,

@@ -29,7 +29,7 @@ STEPS = 60
 pytestmark = pytest.mark.integration
 
 
-def _config(tmp_path: Path):
+def _config(tmp_path: Path, **changes):
     data = {
         "name": "recovery",
         "entrypoint": "recover_fn:steps",
@@ -40,12 +40,14 @@ def _config(tmp_path: Path):
         "searcher": {"name": "single", "metric": "loss", "max_time": STEPS},
         "resources": {"slots_per_trial": 1},
         "max_restarts": 0,
+        **changes,
     }
     return parse_config(yaml.safe_load(yaml.safe_dump(data)), context_dir=tmp_path)
 
 
-def _trained(journal: Journal, exp: int, steps: int) -> bool:
-    (trial,) = journal.list_trials(exp)
+def _trained(journal: Journal, exp: int, steps: int, *, trial=None) -> bool:
+    if trial is None:
+        (trial,) = journal.list_trials(exp)
     ready = trial.latest_checkpoint is not None and trial.mlflow_run_id is not None
     return ready and (trial.last_step or 0) >= steps
 
@@ -160,3 +162,53 @@ def test_an_ended_experiment_is_not_adopted(ray_local, tmp_path):
             client.call(second, "activate", exp)
     finally:
         stop_scheduler(second)
+
+
+def test_a_searcher_snapshot_behind_the_trials_is_caught_up(ray_local, tmp_path):
+    # The searcher's snapshot is written just after the trial rows of its decision: a crash
+    # in between leaves a snapshot that missed a trial's end and the next trial's creation.
+    # Here the snapshot is rolled back to the first decision's on purpose: trial 1 has ended
+    # since, and trial 2 runs, unknown to that snapshot.
+    searcher = {
+        "name": "random",
+        "metric": "loss",
+        "max_trials": 2,
+        "max_concurrent_trials": 1,
+        "max_time": 20,
+    }
+    hyperparameters = {
+        "delay": 0.1,
+        "every": 5,
+        "x": {"type": "double", "minval": 0.0, "maxval": 1.0},
+    }
+    config = _config(tmp_path, searcher=searcher, hyperparameters=hyperparameters)
+    first = start_scheduler(tmp_path)
+    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
+    exp = client.submit(first, config)
+    early = journal.load_searcher_snapshot(exp)
+
+    def second_trial_trained() -> bool:
+        trials = journal.list_trials(exp)
+        return len(trials) == 2 and _trained(journal, exp, 7, trial=trials[1])
+
+    wait_until(second_trial_trained, 120, "the second trial")
+    _crash(first.scheduler)
+    one, two = journal.list_trials(exp)
+    assert one.status.value == "COMPLETED" and two.status.value == "RUNNING"
+    journal.save_searcher_snapshot(exp, early)
+
+    second = start_scheduler(tmp_path)
+    try:
+        client.call(second, "activate", exp)
+        wait_until(lambda: client.call(second, "status", exp)["done"], 180, "the resumed run")
+        assert client.call(second, "status", exp)["status"] == "COMPLETED"
+    finally:
+        stop_scheduler(second)
+    rows = journal.list_trials(exp)
+    # The restored searcher created trial 2 again, with the same draws, onto its own row.
+    assert [(r.id, r.searcher_trial_id) for r in rows] == [(one.id, 1), (two.id, 2)]
+    assert rows[1].hparams == two.hparams
+    assert [r.status.value for r in rows] == ["COMPLETED", "COMPLETED"]
+    assert rows[1].last_step == 20
+    resumed = _mlflow(tmp_path).get_metric_history(rows[1].mlflow_run_id, "resumed_from")
+    assert max(m.value for m in resumed) == float(two.latest_checkpoint_step)
