@@ -94,8 +94,8 @@ class TrialWorker:
         """Import ``backend`` (e.g. ``torch``) ahead of any trial: a worker started for the
         first trials does it while the experiment's searcher is still starting. ``sink``,
         the handle trials will report to, is only received: unpickling a handle to the
-        scheduler imports the scheduler's module (~0.7 s), better here than in a trial's
-        start. The trial's storage layer (pyarrow) is imported too, and the heap frozen, so
+        scheduler imports its actor class's module (``runtime.scheduler_actor``, kept light),
+        better here than in a trial's start. The trial's storage layer (pyarrow) is imported too, and the heap frozen, so
         that the first trial's ``warm`` has little left to collect."""
         _import_backend(backend)
         import resolute.runtime.storage  # noqa: F401 - what TrialRun opens first

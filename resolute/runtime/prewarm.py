@@ -6,7 +6,7 @@ The searcher actor's own start takes seconds too, before it can name a single tr
 can run at once: at submit the scheduler asks the pool for the workers the first trials
 will need, of their shape, has them import the training backend (``import torch``, seconds
 of CPU) and take in the scheduler's handle (the trials' report sink: unpickling it imports
-the scheduler's module, ~0.7 s of CPU), and gives them straight back, warm and idle; the
+the actor class's module), and gives them straight back, warm and idle; the
 trials that ``begin()`` creates moments later take them from the pool.
 
 Only what fits now is asked for (free slots of that shape, the experiment's own caps, the
