@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -152,8 +153,48 @@ def register(experiment: click.Group, trial: click.Group) -> None:
     @click.argument("experiment_id", type=int)
     @address_option
     def activate(experiment_id: int, address: str | None) -> None:
-        """Resume a paused experiment from its trials' checkpoints."""
-        _report(_control(address, "activate", experiment_id))
+        """Resume a paused experiment from its trials' checkpoints, also one that an earlier
+        scheduler left PAUSED or ACTIVE (stopped by `resolute cluster down`, or died). With
+        no cluster (no --address, no RAY_ADDRESS) it runs in an embedded Ray and this
+        command follows it to the end; Ctrl-C pauses it again."""
+        if address or os.environ.get("RAY_ADDRESS"):
+            _report(_control(address, "activate", experiment_id))
+            return
+        _activate_embedded(experiment_id)
+
+    def _activate_embedded(experiment_id: int) -> None:
+        from resolute.config import ExperimentConfig
+        from resolute.errors import ResoluteError
+        from resolute.runtime import client
+
+        try:
+            record = _journal().get_experiment(experiment_id)
+            conn = client.connect(None)
+        except ResoluteError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        try:
+            try:
+                _report(client.call(conn, "activate", experiment_id))
+            except ResoluteError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(2)
+            try:
+                summary = client.follow(conn, experiment_id)
+            except KeyboardInterrupt:
+                click.echo(
+                    "\ninterrupted: pausing the experiment (its trials checkpoint) ...", err=True
+                )
+                client.pause_all(conn)
+                click.echo(
+                    f"paused; `resolute experiment activate {experiment_id}` resumes it", err=True
+                )
+                sys.exit(130)
+            _print_summary(summary, ExperimentConfig.from_yaml(record.config_yaml))
+            if summary["status"] != "COMPLETED":
+                sys.exit(1)
+        finally:
+            client.close(conn)
 
     @experiment.command("kill")
     @click.argument("experiment_id", type=int)

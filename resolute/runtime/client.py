@@ -195,6 +195,14 @@ def kill(conn: Connection, experiment_id: int) -> dict[str, Any]:
     return dict(call(conn, "kill", experiment_id))
 
 
+def pause_all(conn: Connection, timeout_s: float = 120.0) -> None:
+    """Pause every experiment the scheduler runs and wait for their trials to checkpoint
+    (an embedded session about to end: ``activate`` resumes them later)."""
+    import ray
+
+    ray.get(conn.scheduler.shutdown.remote(pause=True), timeout=timeout_s)
+
+
 def close(conn: Connection) -> None:
     """End an embedded session: stop the scheduler's workers and Ray itself."""
     import ray

@@ -16,7 +16,9 @@ death). The CLI's job ends when it exits, and worker actors are not detached, so
 keeps the package while an experiment waits hours in a queue or is paused. The scheduler
 therefore starts, per experiment, a small detached :class:`PackageHolder` created with the
 package as its working_dir: it holds the reference, and ends itself once the scheduler
-reports the experiment done (or no longer knows it), releasing the package for collection.
+reports the experiment over (ended, or not in its journal), releasing the package for
+collection. An experiment a gone scheduler left PAUSED or ACTIVE is not over: a new
+scheduler adopts it on ``activate`` (``runtime/recovery.py``).
 """
 
 from __future__ import annotations
@@ -141,8 +143,8 @@ def hold_package(experiment_id: int, config: ExperimentConfig) -> Any | None:
 class PackageHolder:
     """A detached actor whose only job is to exist: its runtime_env names the package, so GCS
     keeps the package while it lives. It waits on the scheduler and exits when its
-    experiment is done or unknown (a scheduler that is gone, e.g. between ``resolute cluster
-    down`` and ``up``, is waited for)."""
+    experiment is over: ended, or not in the scheduler's journal (a scheduler that is gone,
+    e.g. between ``resolute cluster down`` and ``up``, is waited for)."""
 
     def __init__(self, experiment_id: int, uri: str) -> None:
         self.experiment_id = experiment_id
@@ -166,20 +168,16 @@ class PackageHolder:
     async def _experiment_over(self) -> bool:
         import ray
 
-        from resolute.errors import NotFound
         from resolute.runtime.scheduler import NAMESPACE, SCHEDULER_NAME
 
         try:
             scheduler = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
-            summary = await scheduler.wait.remote(self.experiment_id, POLL_S)
+            # Not over while it is in the scheduler's journal waiting to be adopted.
+            return bool(await scheduler.experiment_over.remote(self.experiment_id, POLL_S))
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(getattr(exc, "cause", None), NotFound):
-                return True
             log.warning("asking the scheduler about experiment %s: %s", self.experiment_id, exc)
         except (ValueError, ray.exceptions.RayActorError):
             pass  # no scheduler now; one started later takes the experiment back
-        else:
-            return bool(summary.get("done"))
         await asyncio.sleep(SCHEDULER_RETRY_S)
         return False
 

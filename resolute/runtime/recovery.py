@@ -18,13 +18,15 @@ a trial the searcher has closed is closed in the journal too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resolute.config import ExperimentConfig
-from resolute.errors import NotFound
+from resolute.errors import NotFound, RuntimeEnvError
 from resolute.runtime.experiment import (
     ExperimentRun,
     experiment_tracker,
@@ -32,7 +34,7 @@ from resolute.runtime.experiment import (
     start_parent_run,
 )
 from resolute.runtime.lifecycle import ExperimentStatus, TrialStatus
-from resolute.runtime.package import hold_package
+from resolute.runtime.package import hold_package, upload_context
 from resolute.runtime.searcher_actor import Event, ExitEvent, SearcherActor
 from resolute.runtime.storage import ExperimentStorage
 from resolute.runtime.trial_run import TrialRun
@@ -80,6 +82,41 @@ def adoptable_record(
             "stopped before the searcher's first decision): submit it again"
         )
     return record, dict(snapshot)
+
+
+def code_on_this_cluster(config: ExperimentConfig, experiment_id: int) -> ExperimentConfig:
+    """The config with a code package this Ray cluster has. A ``gcs://`` package lives in
+    the GCS of the cluster it was uploaded to: a new cluster (an embedded Ray started again,
+    a head that restarted) does not have it, and ``context_dir`` is packed again if it is
+    on this machine."""
+    uri = config.environment.package
+    if uri is None or not uri.startswith("gcs://"):
+        return config
+    from ray._private.runtime_env import packaging
+
+    if packaging.package_exists(uri):
+        return config
+    if not Path(config.context_dir).is_dir():
+        raise RuntimeEnvError(
+            f"experiment {experiment_id}'s code package {uri} is gone with the Ray cluster "
+            f"that held it, and its context_dir {str(config.context_dir)!r} is not on the "
+            "scheduler's machine to pack again: activate it from a scheduler whose machine "
+            "has that folder, or submit the experiment again"
+        )
+    fresh = upload_context(
+        config.model_copy(
+            update={"environment": config.environment.model_copy(update={"package": None})}
+        )
+    )
+    if fresh.environment.package != uri:
+        log.warning(
+            "experiment %s: the code in %s changed since it was submitted; its trials resume "
+            "with the code as it is now (%s)",
+            experiment_id,
+            config.context_dir,
+            fresh.environment.package,
+        )
+    return fresh
 
 
 def searcher_ledger(snapshot: dict[str, Any]) -> Ledger:
@@ -170,6 +207,23 @@ class ExperimentAdoption:
             searcher: Any,
         ) -> ExperimentRun: ...
 
+    async def experiment_over(self, experiment_id: int, timeout: float) -> bool:
+        """For the experiment's package holder: whether it may let the code go. An
+        experiment an earlier scheduler left in the journal is not over: it may be adopted."""
+        exp = self.experiments.get(experiment_id)
+        if exp is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(exp.finished.wait(), timeout)
+            return exp.finished.is_set()
+        try:
+            status = self.journal.get_experiment(experiment_id).status
+        except NotFound:
+            return True
+        if status in ADOPTABLE:
+            await asyncio.sleep(timeout)
+            return False
+        return True
+
     async def _get_or_adopt(self, experiment_id: int) -> ExperimentRun:
         exp = self.experiments.get(experiment_id)
         return exp if exp is not None else await self._adopt(experiment_id)
@@ -180,7 +234,9 @@ class ExperimentAdoption:
         from resolute.runtime.scheduler import NAMESPACE
 
         record, snapshot = adoptable_record(self.journal, experiment_id)
-        config = ExperimentConfig.from_yaml(record.config_yaml)
+        config = await asyncio.to_thread(
+            code_on_this_cluster, ExperimentConfig.from_yaml(record.config_yaml), experiment_id
+        )
         storage = ExperimentStorage(record.storage_root, experiment_id)
         tracker = experiment_tracker(config, storage)
         run_id = record.mlflow_run_id

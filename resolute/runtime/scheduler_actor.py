@@ -57,6 +57,9 @@ class Scheduler:
     async def wait(self, experiment_id: int, timeout: float = 1.0) -> dict[str, Any]:
         return await self.core.wait(experiment_id, timeout)
 
+    async def experiment_over(self, experiment_id: int, timeout: float = 1.0) -> bool:
+        return await self.core.experiment_over(experiment_id, timeout)
+
     async def kill(self, experiment_id: int) -> dict[str, Any]:
         return await self.core.kill(experiment_id)
 

@@ -8,6 +8,10 @@ the trial resumes from its last periodic checkpoint)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -93,6 +97,8 @@ def _finish_on_a_new_scheduler(
         # An experiment the new scheduler has not adopted yet is named as such.
         with pytest.raises(NotFound, match=f"resolute experiment activate {exp}"):
             client.call(second, "status", exp)
+        # Its code package's holder asks this: the package must stay for the adoption.
+        assert ray.get(second.scheduler.experiment_over.remote(exp, 0.1)) is False
         summary = client.call(second, "activate", exp)
         assert summary["status"] == "ACTIVE"
         wait_until(lambda: client.call(second, "status", exp)["done"], 180, "the resumed run")
@@ -160,6 +166,7 @@ def test_an_ended_experiment_is_not_adopted(ray_local, tmp_path):
     try:
         with pytest.raises(NotFound, match="has ended"):
             client.call(second, "activate", exp)
+        assert ray.get(second.scheduler.experiment_over.remote(exp, 0.1)) is True
     finally:
         stop_scheduler(second)
 
@@ -212,3 +219,32 @@ def test_a_searcher_snapshot_behind_the_trials_is_caught_up(ray_local, tmp_path)
     assert rows[1].last_step == 20
     resumed = _mlflow(tmp_path).get_metric_history(rows[1].mlflow_run_id, "resumed_from")
     assert max(m.value for m in resumed) == float(two.latest_checkpoint_step)
+
+
+def test_activate_without_a_cluster_resumes_in_an_embedded_ray(ray_local, tmp_path):
+    # A laptop: the experiment's embedded Ray is gone with the command that ran it.
+    # `resolute experiment activate ID` with no cluster runs it in a new embedded Ray.
+    first = start_scheduler(tmp_path)
+    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
+    exp = client.submit(first, _config(tmp_path))
+    wait_until(lambda: _trained(journal, exp, 12), 120, "training before the shutdown")
+    ray.get(first.scheduler.shutdown.remote(pause=True), timeout=120)
+    _crash(first.scheduler)
+    ray_local.shutdown()  # the command starts its own Ray; the next module gets a fresh one
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RESOLUTE_JOURNAL_URL"] = first.journal_url  # type: ignore[attr-defined]
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+    done = subprocess.run(
+        [sys.executable, "-m", "resolute.cli", "experiment", "activate", str(exp)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"experiment {exp} (recovery) COMPLETED" in done.stdout
+    (trial,) = journal.list_trials(exp)
+    assert (trial.status.value, trial.last_step, trial.restarts) == ("COMPLETED", STEPS, 0)
+    assert journal.get_experiment(exp).status.value == "COMPLETED"
