@@ -209,8 +209,9 @@ class ExperimentConfig(Section):
         """What trial workers are created with (see ``EnvironmentConfig.trial_runtime_env``)."""
         return self.environment.trial_runtime_env()
 
-    def with_package(self, uri: str) -> ExperimentConfig:
-        """This config with context_dir uploaded as ``uri`` (the workers' working_dir)."""
+    def with_package(self, uri: str | None) -> ExperimentConfig:
+        """This config with context_dir uploaded as ``uri`` (the workers' working_dir); None:
+        not uploaded (``upload_context`` packs it again)."""
         environment = self.environment.model_copy(update={"package": uri})
         return self.model_copy(update={"environment": environment})
 

@@ -103,11 +103,7 @@ def code_on_this_cluster(config: ExperimentConfig, experiment_id: int) -> Experi
             "scheduler's machine to pack again: activate it from a scheduler whose machine "
             "has that folder, or submit the experiment again"
         )
-    fresh = upload_context(
-        config.model_copy(
-            update={"environment": config.environment.model_copy(update={"package": None})}
-        )
-    )
+    fresh = upload_context(config.with_package(None))
     if fresh.environment.package != uri:
         log.warning(
             "experiment %s: the code in %s changed since it was submitted; its trials resume "

@@ -127,14 +127,22 @@ def _finish_on_a_new_scheduler(
     assert mc.get_run(trial.mlflow_run_id).info.status == "FINISHED"
 
 
-def test_a_paused_scheduler_shutdown_resumes_on_the_next_scheduler(ray_local, tmp_path):
+def _paused_and_gone(tmp_path: Path) -> tuple[str, Journal, int]:
+    """An experiment trained a little, then paused by its scheduler's shutdown, as
+    `resolute cluster down` does (the trial checkpoints), and the scheduler gone. Returns
+    the journal's URL, the journal and the experiment's id."""
     first = start_scheduler(tmp_path)
-    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
+    journal_url: str = first.journal_url  # type: ignore[attr-defined]
+    journal = Journal(journal_url)
     exp = client.submit(first, _config(tmp_path))
     wait_until(lambda: _trained(journal, exp, 12), 120, "training before the shutdown")
-    # What `resolute cluster down` does: pause (the trial checkpoints), then go.
     ray.get(first.scheduler.shutdown.remote(pause=True), timeout=120)
     _crash(first.scheduler)
+    return journal_url, journal, exp
+
+
+def test_a_paused_scheduler_shutdown_resumes_on_the_next_scheduler(ray_local, tmp_path):
+    _, journal, exp = _paused_and_gone(tmp_path)
     assert journal.get_experiment(exp).status.value == "PAUSED"
     (trial,) = journal.list_trials(exp)
     assert trial.status.value == "PAUSED"
@@ -224,16 +232,11 @@ def test_a_searcher_snapshot_behind_the_trials_is_caught_up(ray_local, tmp_path)
 def test_activate_without_a_cluster_resumes_in_an_embedded_ray(ray_local, tmp_path):
     # A laptop: the experiment's embedded Ray is gone with the command that ran it.
     # `resolute experiment activate ID` with no cluster runs it in a new embedded Ray.
-    first = start_scheduler(tmp_path)
-    journal = Journal(first.journal_url)  # type: ignore[attr-defined]
-    exp = client.submit(first, _config(tmp_path))
-    wait_until(lambda: _trained(journal, exp, 12), 120, "training before the shutdown")
-    ray.get(first.scheduler.shutdown.remote(pause=True), timeout=120)
-    _crash(first.scheduler)
+    journal_url, journal, exp = _paused_and_gone(tmp_path)
     ray_local.shutdown()  # the command starts its own Ray; the next module gets a fresh one
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RESOLUTE_JOURNAL_URL"] = first.journal_url  # type: ignore[attr-defined]
+    env["RESOLUTE_JOURNAL_URL"] = journal_url
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
     done = subprocess.run(
         [sys.executable, "-m", "resolute.cli", "experiment", "activate", str(exp)],
